@@ -1,0 +1,1 @@
+"""The generic PID-1 machinery. Imports nothing SageMaker-specific."""

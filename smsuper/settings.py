@@ -1,0 +1,309 @@
+"""Every setting smsuper reads, declared once.
+
+Each `Setting` names its environment variable, how its text is parsed (which
+also validates it), its default and a one-line doc. This table drives value
+parsing, `--help` and the README's settings table (`python -m smsuper.settings
+--markdown` prints it), so the three can never disagree.
+
+Bad values fail at start (`validate`) with a message that names the variable
+and says what it accepts, instead of surfacing later as a confusing crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+
+class SettingError(ValueError):
+    """A setting holds a value its parser refuses; the message says what to do."""
+
+
+Parser = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Parser
+    default: Any
+    doc: str
+    accepts: str
+    # Which jobs read it: used to validate only what the chosen job needs and
+    # to group the --help output. "all" means every job.
+    jobs: Tuple[str, ...] = ("all",)
+    # Shown instead of repr(default) when the default is computed at run time.
+    default_doc: Optional[str] = None
+
+    def shown_default(self) -> str:
+        if self.default_doc is not None:
+            return self.default_doc
+        if self.default is None:
+            return "(unset)"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+# ---- parsers -----------------------------------------------------------------
+# Each returns a parser and carries a human description of what it accepts.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _integer(low: Optional[int] = None, high: Optional[int] = None) -> Parser:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _number(low: float = 0.0) -> Parser:
+    def parse(text: str) -> float:
+        value = float(text.strip())
+        if not value >= low or value != value or value == float("inf"):
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Parser:
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        for option in options:
+            if option.lower() == lowered:
+                return option
+        raise ValueError(text)
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError(text)
+    return text.strip()
+
+
+def _port_range(text: str) -> Optional[Tuple[int, int]]:
+    if not text.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", text)
+    if not match:
+        raise ValueError(text)
+    low, high = int(match.group(1)), int(match.group(2))
+    if not (1 <= low <= high <= 65535):
+        raise ValueError(text)
+    return (low, high)
+
+
+_MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(\))?)?$")
+
+
+def _module_attr(text: str) -> Optional[str]:
+    if not text.strip():
+        return None
+    if not _MODULE_ATTR.match(text.strip()):
+        raise ValueError(text)
+    return text.strip()
+
+
+def _metric_definitions(text: str) -> list:
+    if not text.strip():
+        return []
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("Name"), str) and isinstance(item.get("Regex"), str)):
+            raise ValueError("each item needs a Name and a Regex string")
+        re.compile(item["Regex"])
+    return value
+
+
+# ---- the table ---------------------------------------------------------------
+
+_DECLARED: Iterable[Setting] = (
+    # -- every job
+    Setting("SMSUPER_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
+            "Lowest level of smsuper's own messages (on stderr).", "debug, info, warning or error"),
+    Setting("SMSUPER_LOG_FORMAT", _choice("text", "json"), "text",
+            "`json` writes smsuper's own messages and nginx's access log as JSON lines.", "text or json"),
+    Setting("SMSUPER_GRACE_PERIOD", _number(0.0), None,
+            "Seconds between the graceful stop signal and SIGKILL of every remaining process.",
+            "a number of seconds >= 0",
+            default_doc="110 for train, 25 for serve, 8 for other commands"),
+    Setting("SMSUPER_CACHE_DIR", _text, "",
+            "Where the pyz unpacks its libraries (with compiled bytecode and setproctitle's extension).",
+            "a directory path",
+            default_doc="/var/cache/smsuper if writable, else $XDG_CACHE_HOME/smsuper or ~/.cache/smsuper, else /tmp/smsuper-cache-UID"),
+    Setting("SMSUPER_USER", _nonempty, "nobody",
+            "Account every workload runs as when smsuper starts as root (`root` keeps uid 0, discouraged).",
+            "a user name, a uid, or uid:gid"),
+    Setting("SMSUPER_ALLOW_PRIVILEGED", _boolean, False,
+            "Start even in a privileged container (the platform never runs one).", "true or false"),
+    Setting("SMSUPER_METRICS_PORT", _integer(0, 65535), 9464,
+            "Port of the Prometheus endpoint served by PID 1; 0 turns it off.",
+            "a port number 0-65535",
+            default_doc="9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE"),
+    Setting("SMSUPER_RUNTIME_DIR", _text, "",
+            "Private directory for rendered configs, sockets and pid files.", "a directory path",
+            default_doc="a new directory under /tmp"),
+    # -- training
+    Setting("SAGEMAKER_BASE_DIR", _nonempty, "/opt/ml",
+            "Root of the platform's files (config, data, model, output).", "a directory path",
+            jobs=("train", "serve")),
+    Setting("SAGEMAKER_PROGRAM", _text, "",
+            "The user's entry point: training script, or serving handler module.", "a file name",
+            jobs=("train", "serve"),
+            default_doc="train: the sagemaker_program hyperparameter, else `train` on PATH; serve: inference.py"),
+    Setting("SAGEMAKER_SUBMIT_DIRECTORY", _text, "",
+            "Local directory or .tar.gz holding the user's code.", "a path",
+            jobs=("train", "serve"), default_doc="the sagemaker_submit_directory hyperparameter, else /opt/ml/code"),
+    Setting("SAGEMAKER_TRAINING_MODULE", _module_attr, None,
+            "`module:function` a framework image runs instead of a script.", "module:function",
+            jobs=("train",)),
+    Setting("SAGEMAKER_CONTAINER_LOG_LEVEL", _integer(0, 50), 20,
+            "Log level handed to the script as SM_LOG_LEVEL (Python logging numbers).", "an integer 0-50",
+            jobs=("train", "serve")),
+    Setting("SMSUPER_INSTALL_REQUIREMENTS", _boolean, True,
+            "Install a requirements.txt found beside the user's code before it runs.", "true or false",
+            jobs=("train", "serve")),
+    Setting("SMSUPER_HOST_WAIT_TIMEOUT", _number(0.0), 300.0,
+            "Seconds to wait for every training host name to resolve before failing.", "a number of seconds >= 0",
+            jobs=("train",)),
+    Setting("SMSUPER_TORCH_DISTRIBUTED", _boolean, False,
+            "Launch the script with torchrun across all hosts (also enabled by the sagemaker_torch_distributed_enabled hyperparameter).",
+            "true or false", jobs=("train",)),
+    Setting("SMSUPER_MASTER_PORT", _integer(1, 65535), 29500,
+            "Port of the distributed master on the first host (exported as MASTER_PORT).", "a port number",
+            jobs=("train",)),
+    Setting("SMSUPER_METRIC_DEFINITIONS", _metric_definitions, [],
+            "Metrics parsed from the training log, like the platform's metric definitions.",
+            'a JSON list such as [{"Name": "train:loss", "Regex": "loss=([0-9.]+)"}]', jobs=("train",),
+            default_doc="[]"),
+    # -- serving
+    Setting("SAGEMAKER_BIND_TO_PORT", _integer(1, 65535), 8080,
+            "Port nginx listens on.", "a port number", jobs=("serve",)),
+    Setting("SAGEMAKER_SAFE_PORT_RANGE", _port_range, None,
+            "Ports smsuper may use besides the serving port (the metrics port comes from here).", "LOW-HIGH",
+            jobs=("serve", "train", "command")),
+    Setting("SAGEMAKER_MODEL_SERVER_WORKERS", _integer(1, 1024), None,
+            "Number of gunicorn workers.", "an integer >= 1", jobs=("serve",),
+            default_doc="the CPUs this container may use"),
+    Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
+            "Seconds a request may take; nginx and gunicorn timeouts both follow it.", "an integer 1-3600",
+            jobs=("serve",)),
+    Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
+            "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
+    Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 100), 6,
+            "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100).",
+            "an integer 1-100", jobs=("serve",)),
+    Setting("SAGEMAKER_BATCH", _boolean, False,
+            "Set by batch transform.", "true or false", jobs=("serve",)),
+    Setting("SAGEMAKER_BATCH_STRATEGY", _choice("MULTI_RECORD", "SINGLE_RECORD"), "MULTI_RECORD",
+            "Reported by /execution-parameters.", "MULTI_RECORD or SINGLE_RECORD", jobs=("serve",)),
+    Setting("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", _integer(1, 1024), None,
+            "Reported by /execution-parameters.", "an integer >= 1", jobs=("serve",),
+            default_doc="the worker count"),
+    Setting("SMSUPER_APP", _module_attr, None,
+            "Serve the user's own WSGI app (`module:attr`) instead of the handler functions.", "module:attr",
+            jobs=("serve",)),
+    Setting("SMSUPER_WORKER_THREADS", _integer(1, 256), 1,
+            "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.", "an integer >= 1",
+            jobs=("serve",)),
+    Setting("SMSUPER_PRELOAD_MODEL", _boolean, False,
+            "Load the model once in the gunicorn master before forking, so workers share its memory.",
+            "true or false", jobs=("serve",)),
+    Setting("SMSUPER_MAX_REQUESTS", _integer(0), 0,
+            "Recycle a worker after this many requests (0: never).", "an integer >= 0", jobs=("serve",)),
+    Setting("SMSUPER_LOG_PING", _boolean, False,
+            "Also write /ping requests to the access log.", "true or false", jobs=("serve",)),
+    Setting("SMSUPER_NGINX", _text, "nginx",
+            "The nginx program; when it is not found gunicorn binds the port itself, with a warning.",
+            "a program name or path", jobs=("serve",)),
+    Setting("SMSUPER_RESTART_LIMIT", _integer(1), 5,
+            "Restarts of nginx or gunicorn allowed within SMSUPER_RESTART_WINDOW before the job gives up.",
+            "an integer >= 1", jobs=("serve",)),
+    Setting("SMSUPER_RESTART_WINDOW", _number(1.0), 60.0,
+            "Seconds over which SMSUPER_RESTART_LIMIT counts restarts.", "a number of seconds >= 1",
+            jobs=("serve",)),
+)
+
+SETTINGS: Dict[str, Setting] = {}
+for _setting in _DECLARED:
+    assert _setting.name not in SETTINGS, _setting.name
+    SETTINGS[_setting.name] = _setting
+
+
+def value(name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
+    """The parsed value of setting `name`, or its default when unset."""
+    setting = SETTINGS[name]
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or (raw.strip() == "" and setting.parse is not _text):
+        return setting.default
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as error:
+        detail = f" ({error})" if str(error) and str(error) != raw else ""
+        raise SettingError(
+            f"{name}={raw!r} is not valid{detail}: it accepts {setting.accepts}. "
+            f"Fix or unset {name} (default: {setting.shown_default()})."
+        ) from None
+
+
+def validate(job: str, environ: Optional[Mapping[str, str]] = None) -> None:
+    """Fail at start, naming the variable, when any setting of `job` is bad."""
+    for setting in SETTINGS.values():
+        if "all" in setting.jobs or job in setting.jobs:
+            value(setting.name, environ)
+
+
+def for_job(job: str) -> Iterable[Setting]:
+    return [s for s in SETTINGS.values() if "all" in s.jobs or job in s.jobs]
+
+
+def help_text() -> str:
+    lines = []
+    for setting in SETTINGS.values():
+        jobs = "" if "all" in setting.jobs else f" [{', '.join(setting.jobs)}]"
+        lines.append(f"  {setting.name}{jobs}")
+        lines.append(f"      {setting.doc} Accepts {setting.accepts}; default: {setting.shown_default()}.")
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    rows = ["| variable | jobs | default | accepts | what it does |", "|---|---|---|---|---|"]
+    for setting in SETTINGS.values():
+        jobs = "all" if "all" in setting.jobs else ", ".join(setting.jobs)
+        rows.append(
+            f"| `{setting.name}` | {jobs} | {setting.shown_default()} | {setting.accepts} | {setting.doc} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m smsuper.settings --markdown
+    import sys
+
+    print(markdown_table() if "--markdown" in sys.argv else help_text())
