@@ -1,0 +1,32 @@
+"""Shared fixtures: every test runs the built dist/smsuper.pyz, not the source tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pyz() -> Path:
+    """Build dist/smsuper.pyz once per test session and return its path."""
+    out = ROOT / "dist" / "smsuper.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture()
+def base_env(tmp_path) -> dict:
+    """An environment for running smsuper directly on this (privileged-looking) machine."""
+    env = dict(os.environ)
+    env["SMSUPER_ALLOW_PRIVILEGED"] = "1"  # the dev machine looks like a privileged container
+    env["SMSUPER_CACHE_DIR"] = str(ROOT / ".cache" / "pyz")  # shared across tests: extraction is once per build
+    env["SMSUPER_METRICS_PORT"] = "0"
+    env.pop("PYTHONPATH", None)
+    return env
