@@ -40,8 +40,6 @@ import sys
 
 CACHE_SETTING = "SMSUPER_CACHE_DIR"  # declared in smsuper/settings.py
 SYSTEM_ROOT = "/var/cache/smsuper"
-NATIVE_DIR = "_native/"  # in the zip: _native/KEY/<path in the tree>
-STALE_STAGING_SECONDS = 600  # a staging directory this old belongs to a dead process
 
 
 def platform_key():
@@ -77,78 +75,17 @@ def safe_root(root):
     return info.st_uid in (0, os.getuid()) and not info.st_mode & 0o022
 
 
-def extract(archive, staging, key):
-    """The whole zip except the bootstrap, with only this platform's natives."""
+def publish(archive, root, name, key):
+    """The cold path, in smsuper/_unpack.py: run from the zip's source without
+    importing the smsuper package from the zip (that package would then shadow
+    the published tree). Kept apart so warm starts do not compile it."""
     import zipfile
 
-    mine = NATIVE_DIR + key + "/"
     with zipfile.ZipFile(archive) as bundle:
-        for info in bundle.infolist():
-            name = info.filename
-            if name.startswith(NATIVE_DIR):
-                if not name.startswith(mine):
-                    continue
-                name = name[len(mine):]
-            if not name or name == "__main__.py" or ".." in name.split("/"):
-                continue
-            target = os.path.join(staging, *name.split("/"))
-            if name.endswith("/"):
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as out:
-                out.write(bundle.read(info))
-
-
-def remove_stale_staging(root, prefix):
-    import shutil
-    import time
-
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            if name.startswith(prefix) and time.time() - os.stat(path).st_mtime > STALE_STAGING_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def publish(archive, root, name, key):
-    """Extract, compile and rename into ROOT/NAME; returns the published tree."""
-    import compileall
-    import py_compile
-    import shutil
-    import tempfile
-
-    final = os.path.join(root, name)
-    prefix = ".staging-%s." % name
-    remove_stale_staging(root, prefix)
-    staging = tempfile.mkdtemp(prefix=prefix, dir=root)
-    try:
-        extract(archive, staging, key)
-        # Unchecked hashes: the tree never changes once published, so imports
-        # need not stat every source file; ddir makes tracebacks name the
-        # final paths rather than the staging ones.
-        compileall.compile_dir(
-            staging, ddir=final, quiet=2,
-            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-        )
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        try:
-            os.rename(staging, final)
-            staging = None
-        except OSError:
-            if not os.path.isdir(final):
-                raise
-            # Another process published first: its tree is as good as ours.
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+        source = bundle.read("smsuper/_unpack.py")
+    unpack = {"__name__": "smsuper._unpack"}
+    exec(compile(source, archive + "/smsuper/_unpack.py", "exec"), unpack)
+    return unpack["publish"](archive, root, name, key)
 
 
 def find_or_publish(archive, build_id):
@@ -158,16 +95,15 @@ def find_or_publish(archive, build_id):
     reasons = []
     for root, trusted in candidate_roots():
         try:
-            if os.path.isdir(root) and not trusted and not safe_root(root):
+            os.makedirs(root, mode=0o755, exist_ok=True)
+            # Checked before trusting an existing tree: someone else's tree
+            # could hold anything.
+            if not trusted and not safe_root(root):
                 reasons.append("%s is writable by others or owned by another user" % root)
                 continue
             tree = os.path.join(root, name)
             if os.path.isdir(tree):  # only complete trees are ever renamed into place
                 return root, tree
-            os.makedirs(root, mode=0o755, exist_ok=True)
-            if not trusted and not safe_root(root):
-                reasons.append("%s is writable by others or owned by another user" % root)
-                continue
             return root, publish(archive, root, name, key)
         except OSError as error:
             reasons.append("%s: %s" % (root, error.strerror or error))
