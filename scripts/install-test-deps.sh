@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine (run as root):
+# podman + runc for real containers, debootstrap to build their images, nginx and wrk for
+# serve, prometheus for the metrics checks, and the Python test extra.
+# Fast no-op when everything is already there. Safe to run again.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Debian package names. The keyring lets debootstrap verify trixie and sid, not only the host's
+# suite; fuse-overlayfs is podman's storage fallback where native overlay is unavailable.
+PACKAGES=(
+    podman runc conmon netavark slirp4netns uidmap fuse-overlayfs
+    debootstrap debian-archive-keyring tar
+    nginx-light wrk prometheus
+    ca-certificates
+)
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q
+    # --no-install-recommends: podman's recommends pull in crun and others we do not use.
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+else
+    log "Debian packages already installed"
+fi
+
+# podman's configuration for this kind of machine: runc (crun fails on this kernel's cgroups),
+# cgroupfs (no systemd as PID 1) and file events (no journald). The tests pass the same
+# settings as flags; this drop-in makes plain `podman` commands (README, bench) work too.
+CONF_DIR=/etc/containers/containers.conf.d
+CONF_FILE=$CONF_DIR/50-smsuper.conf
+CONF='# Written by smsuper scripts/install-test-deps.sh
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+'
+if [ ! -f "$CONF_FILE" ] || [ "$(cat "$CONF_FILE")" != "$(printf '%s' "$CONF")" ]; then
+    log "writing $CONF_FILE"
+    $SUDO mkdir -p "$CONF_DIR"
+    printf '%s' "$CONF" | $SUDO tee "$CONF_FILE" >/dev/null
+fi
+
+# The images built by the tests are cached here, keyed by suite (see tests/containers.py).
+$SUDO mkdir -p "${SMSUPER_TEST_CACHE:-/var/cache/smsuper-tests}"
+
+# The Python side: smsuper itself (editable) with its test extra.
+PYTHON="${PYTHON:-python3}"
+pip_install() {
+    "$PYTHON" -m pip install --disable-pip-version-check -q "$@"
+}
+log "pip install -e .[test] with $("$PYTHON" --version 2>&1)"
+if ! pip_install -e '.[test]' 2>/tmp/smsuper-pip.err; then
+    if grep -q externally-managed /tmp/smsuper-pip.err; then
+        # Debian's own python3 refuses site-wide installs unless told (PEP 668).
+        pip_install --break-system-packages -e '.[test]'
+    else
+        cat /tmp/smsuper-pip.err >&2
+        exit 1
+    fi
+fi
+
+log "ok: $(podman --version), $(runc --version | head -n1), debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"
