@@ -9,6 +9,11 @@ import os
 
 NATIVE_DIR = "_native/"  # in the zip: _native/KEY/<path in the tree>
 STALE_STAGING_SECONDS = 600  # a staging directory this old belongs to a dead process
+# Trees of other builds for the same interpreter pile up where pyz files are
+# rebuilt often (a developer's cache): keep the newest few, and never remove
+# one published recently, which a process of that build may still be using.
+KEEP_OTHER_BUILDS = 3
+KEEP_RECENT_SECONDS = 3600
 
 
 def extract(archive, staging, key):
@@ -51,6 +56,26 @@ def remove_stale_staging(root, prefix):
             pass
 
 
+def prune_other_builds(root, name, key):
+    import shutil
+    import time
+
+    suffix = "-" + key
+    others = []
+    for entry in os.listdir(root):
+        build_id = entry[: -len(suffix)] if entry.endswith(suffix) else ""
+        if entry != name and len(build_id) == 12 and all(c in "0123456789abcdef" for c in build_id):
+            path = os.path.join(root, entry)
+            try:
+                others.append((os.stat(path).st_mtime, path))
+            except OSError:
+                pass
+    others.sort(reverse=True)
+    for published, path in others[KEEP_OTHER_BUILDS:]:
+        if time.time() - published > KEEP_RECENT_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def publish(archive, root, name, key):
     """Extract, compile and rename into ROOT/NAME; returns the published tree."""
     import compileall
@@ -82,4 +107,8 @@ def publish(archive, root, name, key):
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    try:
+        prune_other_builds(root, name, key)
+    except OSError:
+        pass  # housekeeping only
     return final

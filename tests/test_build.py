@@ -227,6 +227,31 @@ def test_concurrent_first_starts_publish_one_complete_tree(pyz, base_env, tmp_pa
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
 
 
+def test_first_start_prunes_old_trees_of_other_builds(pyz, base_env, tmp_path):
+    cache = tmp_path / "cache"
+    env = _env(base_env, cache)
+    subprocess.run([sys.executable, str(pyz), "--version"], env=env, check=True, capture_output=True)
+    tree = _tree(cache)
+    key = tree.name[13:]
+    now = time.time()
+    ages = {"%012x" % n: age for n, age in enumerate([60, 120, 180, 240, 7200, 7300])}
+    for build_id, age in ages.items():
+        old = cache / f"{build_id}-{key}"
+        old.mkdir()
+        os.utime(old, (now - age, now - age))
+    unrelated = [cache / f"{'f' * 12}-cpython-00-other-gnu", cache / "not-a-tree"]
+    for path in unrelated:
+        path.mkdir()
+        os.utime(path, (now - 99999, now - 99999))
+    shutil.rmtree(tree)
+    subprocess.run([sys.executable, str(pyz), "--version"], env=env, check=True, capture_output=True)
+    left = {path.name for path in cache.iterdir()}
+    # Kept: this build, the 3 newest others, the 4th as it is recent, anything
+    # not a tree of this interpreter; removed: the two old ones.
+    kept_ids = ["%012x" % n for n in range(4)]
+    assert left == {tree.name, *(f"{i}-{key}" for i in kept_ids), *(p.name for p in unrelated)}
+
+
 # ---- process titles ----------------------------------------------------------------
 
 def _cmdline(pid: int) -> str:
