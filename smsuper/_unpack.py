@@ -82,6 +82,7 @@ def publish(archive, root, name, key):
     import py_compile
     import shutil
     import tempfile
+    import warnings
 
     final = os.path.join(root, name)
     prefix = ".staging-%s." % name
@@ -92,10 +93,14 @@ def publish(archive, root, name, key):
         # Unchecked hashes: the tree never changes once published, so imports
         # need not stat every source file; ddir makes tracebacks name the
         # final paths rather than the staging ones.
-        compileall.compile_dir(
-            staging, ddir=final, quiet=2,
-            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-        )
+        # Warnings silenced: a newer Python's SyntaxWarnings about a vendored
+        # library are not the user's business.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compileall.compile_dir(
+                staging, ddir=final, quiet=2,
+                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            )
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         try:
             os.rename(staging, final)
