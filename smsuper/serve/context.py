@@ -1,0 +1,68 @@
+"""The `context` argument handler functions may take as their last parameter.
+
+It carries the request's headers (X-Amzn-SageMaker-Custom-Attributes among
+them) and lets the handler set response headers, custom attributes above all:
+the platform returns X-Amzn-SageMaker-Custom-Attributes to the caller only
+when the response sets it. The two methods of the inference toolkit's
+context (get_request_header(idx, name), set_response_header(idx, name,
+value)) are there too, so handlers written for it keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+class Context:
+    def __init__(self, headers: Optional[Mapping[str, str]] = None, model_dir: str = "",
+                 content_type: str = "", accept: str = ""):
+        # Header names are case-insensitive: keep them under their lower-case name.
+        self._headers: Dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+        self.model_dir = model_dir
+        self.content_type = content_type  # without parameters, lower-case
+        self.accept = accept  # the type chosen for the response
+        self.response_headers: Dict[str, str] = {}
+
+    # ---- request ---------------------------------------------------------------
+    @property
+    def headers(self) -> Dict[str, str]:
+        """The request's headers, names in lower case."""
+        return dict(self._headers)
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self._headers.get(name.lower(), default)
+
+    @property
+    def custom_attributes(self) -> Optional[str]:
+        return self.header(CUSTOM_ATTRIBUTES)
+
+    @property
+    def inference_id(self) -> Optional[str]:
+        return self.header("X-Amzn-SageMaker-Inference-Id")
+
+    @property
+    def target_model(self) -> Optional[str]:
+        return self.header("X-Amzn-SageMaker-Target-Model")
+
+    # ---- response --------------------------------------------------------------
+    def set_custom_attributes(self, value: str) -> None:
+        self.response_headers[CUSTOM_ATTRIBUTES] = str(value)
+
+    def set_response_header(self, *args: Any) -> None:
+        """set_response_header(name, value), or the toolkit's (index, name, value)."""
+        if len(args) == 3:
+            args = args[1:]
+        if len(args) != 2:
+            raise TypeError("set_response_header(name, value)")
+        name, value = args
+        self.response_headers[str(name)] = str(value)
+
+    # ---- inference toolkit compatibility ------------------------------------------
+    def get_request_header(self, index: int, name: str) -> Optional[str]:
+        return self.header(name)
+
+    @property
+    def system_properties(self) -> Dict[str, Any]:
+        return {"model_dir": self.model_dir}

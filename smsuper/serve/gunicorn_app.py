@@ -1,0 +1,235 @@
+"""The gunicorn master (`python smsuper.pyz _gunicorn ...`), through gunicorn's application API.
+
+Sync workers by default (CPU-bound models, one request per worker at a
+time); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
+timeouts and preloading come from ServeConfig. gunicorn writes no access log
+(nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`
+and `gunicorn: worker [smsuper serve]`.
+
+Workers report readiness through the runtime directory (readiness.py): the
+model is loaded while the worker boots, then post_worker_init marks it
+ready; child_exit and worker_exit remove the mark. A heartbeat thread keeps
+the master from killing a worker whose model takes longer than the request
+timeout to load.
+
+Stopping drains instead of dropping. Each worker leaves the master's process
+group, so PID 1's SIGTERM reaches only the master; the master then keeps
+serving until nginx (which got SIGQUIT and finishes every request it holds)
+has exited, and only then stops its workers gracefully. Requests waiting in
+the socket's backlog are thus served, not reset. Workers get SIGTERM as their
+parent-death signal, so they never outlive a master killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from .. import log, settings
+from . import readiness
+from .config import ServeConfig, resolve
+from .runtime import RuntimeDir
+
+PROC_NAME = "smsuper serve"
+PR_SET_PDEATHSIG = 1
+# nginx closes idle upstream connections after 60 s (nginx.UPSTREAM_KEEPALIVE_TIMEOUT);
+# gunicorn waiting longer means it never closes one nginx is about to reuse.
+GTHREAD_KEEPALIVE = 75
+GUNICORN_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error"}
+
+# The application state of this process (master with preload, or worker).
+_service: Any = None
+_heartbeat: Optional["Heartbeat"] = None
+_worker: Any = None  # this process's gunicorn worker, once forked
+
+
+def _worker_stopping() -> bool:
+    """True once this worker was asked to stop (SIGTERM sets worker.alive to False)."""
+    return _worker is not None and not _worker.alive
+
+
+class Heartbeat(threading.Thread):
+    """Tells the master the worker is alive while the model loads (it is not serving yet)."""
+
+    def __init__(self, worker: Any, interval: float):
+        super().__init__(name="smsuper-heartbeat", daemon=True)
+        self.worker = worker
+        self.interval = interval
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.worker.notify()
+            except Exception:
+                return
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def _nginx_running(pidfile: str) -> bool:
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+class DrainingArbiter(Arbiter):
+    """gunicorn's arbiter, but SIGTERM first waits for nginx to finish its requests."""
+
+    def handle_term(self) -> None:
+        application: "ServeApplication" = self.app
+        config = application.config
+        received = time.monotonic()
+        pidfile = application.nginx_pidfile
+        if pidfile and _nginx_running(pidfile):
+            log.info("SIGTERM: serving until nginx has answered every request it holds")
+            deadline = received + config.drain_wait
+            while _nginx_running(pidfile) and time.monotonic() < deadline:
+                # The main loop is paused here: do its chores so dead workers are still replaced.
+                self.reap_workers()
+                self.murder_workers()
+                self.manage_workers()
+                time.sleep(0.05)
+        left = config.stop_deadline - (time.monotonic() - received)
+        self.cfg.set("graceful_timeout", max(1, int(left)))
+        raise StopIteration
+
+
+def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
+    def post_fork(server: Any, worker: Any) -> None:
+        global _heartbeat, _worker
+        _worker = worker
+        os.setpgid(0, 0)  # out of the master's group: PID 1's SIGTERM is for the master alone
+        _die_with_parent()
+        if os.getppid() != worker.ppid:
+            os._exit(0)  # the master died before the line above
+        _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
+        _heartbeat.start()
+
+    def post_worker_init(worker: Any) -> None:
+        if _heartbeat is not None:
+            _heartbeat.done.set()
+        if _service is not None and _service.ready and os.getppid() == worker.ppid:
+            readiness.mark_ready(runtime, os.getpid())
+
+    def child_exit(server: Any, worker: Any) -> None:
+        readiness.mark_gone(runtime, worker.pid)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        readiness.mark_gone(runtime, os.getpid())
+
+    def worker_abort(worker: Any) -> None:
+        log.error(f"worker {os.getpid()} killed: a request ran longer than SAGEMAKER_MODEL_SERVER_TIMEOUT="
+                  f"{config.timeout} s (+{config.worker_timeout - config.timeout} s); the client got a 504, "
+                  f"a new worker replaces this one")
+
+    def on_exit(server: Any) -> None:
+        readiness.clear(runtime)
+
+    return {"post_fork": post_fork, "post_worker_init": post_worker_init, "child_exit": child_exit,
+            "worker_exit": worker_exit, "worker_abort": worker_abort, "on_exit": on_exit}
+
+
+def _worker_tmp_dir(runtime: RuntimeDir) -> str:
+    # The heartbeat file is touched constantly: keep it in memory when possible.
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else runtime.root
+
+
+def build_wsgi(config: ServeConfig, runtime: Optional[RuntimeDir],
+               should_stop: Any = lambda: False) -> Any:
+    """Load the user's code in this process and return the WSGI app that serves it."""
+    global _service
+    if config.app:
+        from .user_app import UserAppService
+
+        service = UserAppService(config, runtime, should_stop)
+        service.load()
+        _service = service
+        return service
+    from .app import create_app
+    from .service import ModelService
+
+    model = ModelService(config, runtime)
+    model.load()
+    _service = model
+    return create_app(model)
+
+
+class ServeApplication(BaseApplication):
+    def __init__(self, config: ServeConfig, runtime: RuntimeDir, bind: str, nginx_pidfile: Optional[str]):
+        self.config = config
+        self.runtime = runtime
+        self.bind = bind
+        self.nginx_pidfile = nginx_pidfile
+        super().__init__()
+
+    def options(self) -> Dict[str, Any]:
+        config = self.config
+        options: Dict[str, Any] = {
+            "bind": [self.bind],
+            "workers": config.workers,
+            "worker_class": "gthread" if config.threads > 1 else "sync",
+            "threads": config.threads,
+            "timeout": config.worker_timeout,
+            "graceful_timeout": int(config.stop_deadline),
+            "keepalive": GTHREAD_KEEPALIVE,
+            "preload_app": config.preload,
+            "max_requests": config.max_requests,
+            "max_requests_jitter": config.max_requests // 10,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": GUNICORN_LOG_LEVELS.get(config.log_level, "info"),
+            "proc_name": PROC_NAME,
+            "worker_tmp_dir": _worker_tmp_dir(self.runtime),
+            "control_socket_disable": True,  # gunicorn >= 25 opens one in $HOME otherwise
+        }
+        options.update(_hooks(self.runtime, config))
+        return options
+
+    def load_config(self) -> None:
+        for key, value in self.options().items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return build_wsgi(self.config, self.runtime, _worker_stopping)
+
+    def run(self) -> None:
+        DrainingArbiter(self).run()
+
+
+def main(args: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="smsuper _gunicorn")
+    parser.add_argument("--runtime-dir", required=True)
+    parser.add_argument("--bind", required=True, help="unix:PATH, or HOST:PORT without nginx")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--nginx-pidfile", default=None, help="drain until this nginx has exited on SIGTERM")
+    options = parser.parse_args(args)
+    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
+    config = resolve(workers=options.workers)
+    ServeApplication(config, RuntimeDir(options.runtime_dir), options.bind, options.nginx_pidfile).run()
+    return 0

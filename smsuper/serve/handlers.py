@@ -1,0 +1,212 @@
+"""Style A: the user's handler functions, found, imported and called.
+
+The module is SAGEMAKER_PROGRAM (default inference.py), looked up in
+SAGEMAKER_SUBMIT_DIRECTORY (a local directory), then /opt/ml/model/code,
+then /opt/ml/code. It may define:
+
+  model_fn(model_dir)                                -> model     (required)
+  input_fn(body, content_type)                       -> data      (default: codecs.decode)
+  predict_fn(data, model)                            -> prediction
+        (default: model.predict(data), else model(data))
+  output_fn(prediction, accept)                      -> body      (default: codecs.encode)
+  transform_fn(model, body, content_type, accept)    -> body      (instead of the three above)
+  execution_parameters_fn()                          -> dict      (answers /execution-parameters)
+
+Each may take one more trailing parameter, `context` (see context.py).
+output_fn and transform_fn may return bytes or str (sent as the negotiated
+type), a (body, content_type) pair, a Flask/werkzeug Response, or any other
+value, which the default encoder then writes in the negotiated type.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+from types import ModuleType
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from . import codecs, negotiation
+from .context import Context
+from .errors import NotAcceptable, ServeError, UnsupportedContentType, status_of
+
+
+class HandlerError(Exception):
+    """The user's module cannot be found or used; the message says why and where we looked."""
+
+
+def code_directories(base_dir: str, submit_directory: str = "") -> List[str]:
+    directories = []
+    if submit_directory and "://" not in submit_directory and os.path.isdir(submit_directory):
+        directories.append(submit_directory)
+    directories += [os.path.join(base_dir, "model", "code"), os.path.join(base_dir, "code")]
+    return directories
+
+
+def locate(program: str, directories: Sequence[str]) -> str:
+    """The path of the handler module, or HandlerError naming every place looked in."""
+    names = [program] if program.endswith(".py") else [program + ".py", program]
+    for directory in directories:
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    where = ", ".join(directories)
+    raise HandlerError(f"no handler module {names[0]} in {where}: put it there, set SAGEMAKER_PROGRAM "
+                       f"to its name, or serve your own WSGI app with SMSUPER_APP=module:attr")
+
+
+def import_file(path: str) -> ModuleType:
+    """Import `path` under its own name, with its directory on sys.path for its helpers."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise HandlerError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickled objects refer to classes by module name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _takes_context(function: Callable, arity: int) -> bool:
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > arity
+
+
+class UserFunction:
+    """One handler function; passes `context` only when it has room for it."""
+
+    def __init__(self, name: str, function: Callable, arity: int):
+        self.name = name
+        self.function = function
+        self.with_context = _takes_context(function, arity)
+
+    def __call__(self, context: Context, *args: Any) -> Any:
+        if self.with_context:
+            return self.function(*args, context)
+        return self.function(*args)
+
+
+class UserCodeError(Exception):
+    """User code raised: carries which function, for the log and the 500 body."""
+
+    def __init__(self, function: str, error: BaseException):
+        super().__init__(f"{function} raised {type(error).__name__}: {error}")
+        self.function = function
+        self.error = error
+        self.status = status_of(error)
+
+
+def call(function: UserFunction, context: Context, *args: Any) -> Any:
+    try:
+        return function(context, *args)
+    except ServeError:
+        raise
+    except Exception as error:
+        raise UserCodeError(function.name, error) from error
+
+
+Answer = Tuple[bytes, str]
+
+
+class Handlers:
+    """The user's functions with the defaults filled in."""
+
+    def __init__(self, module: ModuleType, default_accept: str):
+        self.module = module
+        self.default_accept = default_accept
+
+        def find(name: str, arity: int) -> Optional[UserFunction]:
+            function = getattr(module, name, None)
+            return UserFunction(name, function, arity) if callable(function) else None
+
+        self.model_fn = find("model_fn", 1)
+        self.input_fn = find("input_fn", 2)
+        self.predict_fn = find("predict_fn", 2)
+        self.output_fn = find("output_fn", 2)
+        self.transform_fn = find("transform_fn", 4)
+        self.execution_parameters_fn = find("execution_parameters_fn", 0)
+        if self.model_fn is None:
+            raise HandlerError(f"{module.__file__} defines no model_fn(model_dir): it must load and return the model")
+
+    def load_model(self, model_dir: str) -> Any:
+        return call(self.model_fn, Context(model_dir=model_dir), model_dir)
+
+    # ---- one request ---------------------------------------------------------------
+    def _response_type(self, accept_header: Optional[str]) -> str:
+        user_encodes = self.transform_fn is not None or self.output_fn is not None
+        supported = None if user_encodes else list(codecs.ENCODERS)
+        chosen = negotiation.choose(accept_header, self.default_accept, supported)
+        if chosen is None:
+            raise NotAcceptable(f"cannot answer in {accept_header}: the default output_fn writes "
+                                f"{', '.join(codecs.ENCODERS)}")
+        return chosen
+
+    def _check_content_type(self, content_type: str) -> None:
+        if self.transform_fn is None and self.input_fn is None and content_type not in codecs.DECODERS:
+            shown = content_type or "(none)"
+            raise UnsupportedContentType(f"unsupported content type {shown}: the default input_fn reads "
+                                         f"{', '.join(codecs.DECODERS)}")
+
+    def _predict(self, context: Context, data: Any, model: Any) -> Any:
+        if self.predict_fn is not None:
+            return call(self.predict_fn, context, data, model)
+        try:
+            if hasattr(model, "predict"):
+                return model.predict(data)
+            if callable(model):
+                return model(data)
+        except Exception as error:
+            raise UserCodeError("the default predict_fn (model.predict / model())", error) from error
+        raise ServeError("the handler module defines no predict_fn and the model has no predict() "
+                         "and is not callable")
+
+    def invoke(self, model: Any, body: bytes, content_type_header: Optional[str],
+               accept_header: Optional[str], context: Context) -> Any:
+        """Run one prediction; returns (body, content_type) or a Response object."""
+        content_type = negotiation.media_type(content_type_header) or codecs.JSON
+        accept = self._response_type(accept_header)
+        self._check_content_type(content_type)
+        context.content_type, context.accept = content_type, accept
+        if self.transform_fn is not None:
+            result = call(self.transform_fn, context, model, body, content_type, accept)
+            return self._answer(result, accept)
+        data = call(self.input_fn, context, body, content_type) if self.input_fn else codecs.decode(body, content_type)
+        prediction = self._predict(context, data, model)
+        if self.output_fn is None:
+            return codecs.encode(prediction, accept), accept
+        return self._answer(call(self.output_fn, context, prediction, accept), accept)
+
+    @staticmethod
+    def _answer(result: Any, accept: str) -> Any:
+        if hasattr(result, "get_data") and hasattr(result, "status_code"):
+            return result  # a Response made by the user
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
+            body, content_type = result
+            return _to_bytes(body, content_type), content_type
+        return _to_bytes(result, accept), accept
+
+
+def _to_bytes(value: Any, content_type: str) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if negotiation.media_type(content_type) in codecs.ENCODERS:
+        return codecs.encode(value, negotiation.media_type(content_type))
+    raise ServeError(f"the handler returned a {type(value).__name__}, which cannot be sent as {content_type}: "
+                     f"return bytes or str")

@@ -1,0 +1,191 @@
+"""`smsuper serve`: nginx in front of gunicorn, both supervised by PID 1.
+
+1. settings, then the handler module (a missing one fails the job at once:
+   nothing could ever serve);
+2. the private runtime directory, nginx.conf and the access-log FIFO;
+3. pip install of requirements.txt as a supervised child; when it succeeds
+   (from the exit callback, so a stop during the install never starts the
+   servers) gunicorn and nginx start;
+4. the supervisor restarts either one with backoff when it dies, and stops
+   everything with a non-zero exit and a clear reason when one keeps dying.
+   SIGTERM: nginx gets SIGQUIT and finishes what it holds, gunicorn keeps
+   serving until nginx is gone and then stops its workers (gunicorn_app.py).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+from typing import List, Optional, Tuple
+
+from .. import log, selfcmd, settings
+from ..init import capabilities
+from ..init.spawn import ChildSpec, SpawnError
+from ..init.supervisor import Supervisor
+from ..titles import set_title
+from . import nginx, readiness, requirements
+from . import runtime as runtime_dir
+from .access_log import AccessLogRelay
+from .config import ServeConfig, default_workers, resolve
+from .handlers import HandlerError, code_directories, locate
+
+CONFIG_ERROR = 2
+MAX_NGINX_WORKERS = 4  # nginx only shuffles bytes: a few processes saturate any model
+
+
+def workload_owner() -> Optional[Tuple[int, int]]:
+    """(uid, gid) the servers run as; None: as this process (no privilege drop yet)."""
+    return None
+
+
+def _names(uid: int, gid: int) -> Tuple[str, str]:
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return user, group
+
+
+class ServeJob:
+    def __init__(self, config: ServeConfig, code_dir: Optional[str]):
+        self.config = config
+        self.code_dir = code_dir
+        self.owner = workload_owner()
+        self.runtime = runtime_dir.create(settings.value("SMSUPER_RUNTIME_DIR"), self.owner)
+        self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
+        self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
+        self.supervisor = Supervisor(config.grace_period, settings.value("SMSUPER_RESTART_LIMIT"),
+                                     settings.value("SMSUPER_RESTART_WINDOW"))
+        self.supervisor.on_exit = self._on_exit
+        self.access_log: Optional[AccessLogRelay] = None
+        self.start_failure: Optional[SpawnError] = None
+
+    # ---- the children -------------------------------------------------------------
+    def _gunicorn_spec(self) -> ChildSpec:
+        if self.nginx_binary:
+            bind, drain = f"unix:{self.runtime.socket}", ["--nginx-pidfile", self.runtime.nginx_pid]
+        else:
+            bind, drain = f"0.0.0.0:{self.config.port}", []
+        argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind,
+                                 "--workers", str(self.config.workers), *drain)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return ChildSpec(role="gunicorn", argv=argv, env=env, relay=True, stop_signal=signal.SIGTERM,
+                         restart=True)
+
+    def _nginx_spec(self) -> ChildSpec:
+        assert self.nginx_binary
+        version = nginx.version(self.nginx_binary)
+        uid, gid = self.owner or (os.geteuid(), os.getegid())
+        as_root = _names(uid, gid) if uid == 0 else None
+        workers = max(1, min(MAX_NGINX_WORKERS, default_workers()))
+        with open(self.runtime.nginx_conf, "w") as handle:
+            handle.write(nginx.render(self.config, self.runtime, version, workers, as_root))
+        self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
+                                         settings.value("SMSUPER_LOG_FORMAT") == "json")
+        self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
+        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
+                         relay=True, stop_signal=signal.SIGQUIT, restart=True)
+
+    def start_servers(self) -> None:
+        if not self.nginx_binary:
+            log.warning(f"no nginx found (SMSUPER_NGINX={settings.value('SMSUPER_NGINX')}): gunicorn binds port "
+                        f"{self.config.port} itself. /ping then goes to the workers and can wait behind "
+                        f"predictions, and a request past the timeout loses its connection instead of a 504")
+        try:
+            self.supervisor.start(self._gunicorn_spec())
+            if self.nginx_binary:
+                self.supervisor.start(self._nginx_spec())
+        except SpawnError as error:
+            self.start_failure = error
+            log.error(f"cannot start the model server: {error.message}")
+            self.supervisor.shutdown("a server could not start", exit_code=error.exit_code)
+
+    def start(self) -> None:
+        readiness.write_status(self.runtime, "starting", "the model server is starting")
+        install = requirements.plan(self.code_dir, settings.value("SMSUPER_INSTALL_REQUIREMENTS"),
+                                    os.environ) if self.code_dir else None
+        if install is None:
+            self.start_servers()
+            return
+        argv, env = install
+        readiness.write_status(self.runtime, "starting", "installing requirements.txt")
+        log.info(f"installing {os.path.join(self.code_dir or '', requirements.REQUIREMENTS_FILE)}")
+        try:
+            self.supervisor.start(ChildSpec(role="pip", argv=argv, env=env, cwd=self.code_dir, relay=True))
+        except SpawnError as error:
+            log.error(f"cannot run pip to install requirements.txt: {error.message}")
+            self.supervisor.shutdown("pip could not start", exit_code=error.exit_code)
+
+    # ---- events -----------------------------------------------------------------
+    def _on_exit(self, child, status) -> None:
+        role = child.spec.role
+        if role == "pip":
+            if self.supervisor.stopping:
+                return
+            if status.code == 0:
+                self.start_servers()
+            else:
+                log.error(f"pip install -r requirements.txt failed ({status.describe()}): the model server "
+                          f"does not start")
+                self.supervisor.shutdown("requirements could not be installed", exit_code=status.code or 1)
+        elif role == "gunicorn":
+            # No worker of the dead master can serve any more (they get SIGTERM as it dies).
+            readiness.clear(self.runtime)
+            if not self.supervisor.stopping:
+                readiness.write_status(self.runtime, "restarting",
+                                       f"the model server exited ({status.describe()}) and is restarting")
+        elif role == "nginx":
+            self._stop_orphaned_nginx_workers()
+
+    def _stop_orphaned_nginx_workers(self) -> None:
+        """nginx workers outlive a killed master and keep the port: ask them to finish and go."""
+        try:
+            with open(self.runtime.nginx_pid) as handle:
+                group = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if group > 1:
+            try:
+                os.killpg(group, signal.SIGQUIT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def run(self) -> int:
+        self.start()
+        code = self.supervisor.run()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.own_runtime:
+            shutil.rmtree(self.runtime.root, ignore_errors=True)
+        return code
+
+
+def main(args: List[str]) -> int:
+    if args:
+        log.error(f"serve takes no arguments (got {' '.join(args)}): configure it with environment variables")
+        return CONFIG_ERROR
+    settings.validate("serve")
+    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
+    config = resolve()
+    code_dir = None
+    if not config.app:
+        try:
+            code_dir = os.path.dirname(locate(config.program, code_directories(config.base_dir,
+                                                                                config.submit_directory)))
+        except HandlerError as error:
+            log.error(str(error))
+            return CONFIG_ERROR
+    if os.getpid() != 1:
+        capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
+    set_title("smsuper: init [serve]")
+    log.info(f"serving on port {config.port}: {config.workers} worker(s)"
+             f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
+             f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
+    return ServeJob(config, code_dir).run()

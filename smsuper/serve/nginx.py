@@ -1,0 +1,195 @@
+"""nginx in front of gunicorn: find the binary, render its configuration, build its argv.
+
+Everything nginx writes lives in the runtime directory (pid file, temp paths,
+access-log FIFO) and its error log goes to stderr, so it runs unchanged as an
+unprivileged user. The routes are exact:
+
+  /ping                  answered by nginx itself from the readiness flag (see
+                         readiness.py): 200 with an empty body, or 503 with the
+                         JSON of ping-status.json. Never queued behind predictions.
+  /invocations           proxied to gunicorn over its unix socket
+  /execution-parameters  proxied to gunicorn
+  anything else          404 with a short JSON body
+
+Error answers nginx produces itself (413 body too large, 502 worker died, 504
+too slow) carry a short JSON body too; the app's own 4xx/5xx pass untouched.
+
+Body size: client_max_body_size is exactly SAGEMAKER_MAX_PAYLOAD_IN_MB MiB;
+nginx refuses a body only when it is larger than that (a Content-Length equal
+to the limit passes), so 6,291,456 bytes pass and one byte more is 413. The
+body buffer is as large as the limit (capped at 16 MiB): nginx allocates only
+the Content-Length it is told, and a 6 MiB body stays in memory instead of
+being spooled to a temp file (chunked bodies get the whole buffer at once). Response buffers follow the same bound, so a
+sync worker hands its whole answer to nginx at once and is free again even
+when the client reads slowly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+import subprocess
+from typing import List, Optional, Tuple
+
+from .config import ServeConfig
+from .runtime import NGINX_TEMP_KINDS, RuntimeDir
+
+MEMORY_BUFFER_CAP = 16 * 1024 * 1024  # beyond this, large batch-transform bodies spool to disk
+PROXY_BUFFER = 64 * 1024
+UPSTREAM_KEEPALIVE_TIMEOUT = 60  # gunicorn's keepalive is longer, so nginx always closes first
+UPSTREAM = "smsuper_model"
+
+Version = Tuple[int, ...]
+
+
+def find(program: str) -> Optional[str]:
+    """The nginx executable, or None (then gunicorn binds the port itself)."""
+    return shutil.which(program)
+
+
+def version(binary: str) -> Version:
+    """nginx -v prints `nginx version: nginx/1.22.1` on stderr."""
+    try:
+        out = subprocess.run([binary, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=10, check=False).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else (0,)
+
+
+def argv(binary: str, runtime: RuntimeDir, nginx_version: Version) -> List[str]:
+    command = [binary, "-p", runtime.root + "/", "-c", runtime.nginx_conf, "-g", "daemon off;"]
+    if nginx_version >= (1, 19, 5):
+        # Before reading its configuration nginx opens its compiled-in error log
+        # (/var/log/nginx/error.log), which an unprivileged user cannot write.
+        command[1:1] = ["-e", "stderr"]
+    return command
+
+
+def worker_connections() -> int:
+    """As many as the open-files limit allows (each proxied request holds two fds)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(64, min(4096, soft - 64))
+
+
+def _json_text(message: str) -> str:
+    """A JSON body as an nginx string literal (single-quoted; nginx has no escapes but \\' and \\\\)."""
+    body = json.dumps({"error": message})
+    return "'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, worker_processes: int,
+           root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn") -> str:
+    """nginx.conf. `root_workers_as` (user, group): when nginx starts as root, its
+    workers would otherwise become `nobody`, who cannot enter the runtime directory."""
+    # One buffer more than the limit: a chunked body of exactly the limit then
+    # still fits in memory (nginx spools to disk once its buffer is full).
+    body_buffer = min(config.max_payload_bytes, MEMORY_BUFFER_CAP) + PROXY_BUFFER
+    proxy_buffers = max(8, body_buffer // PROXY_BUFFER)
+    user = f"user {root_workers_as[0]} {root_workers_as[1]};\n" if root_workers_as else ""
+    upstream_keepalive_timeout = (
+        f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT}s;\n" if nginx_version >= (1, 15, 3) else ""
+    )
+    temp_paths = "".join(
+        f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
+    )
+    # /ping lines are left out of the access log unless asked for: the
+    # platform pings every few seconds and would drown everything else.
+    log_condition = "" if config.log_ping else " if=$smsuper_loggable"
+    ping_map = "" if config.log_ping else (
+        "    map $request_uri $smsuper_loggable {\n"
+        "        ~^/ping(\\?|$) 0;\n"
+        "        default 1;\n"
+        "    }\n"
+    )
+    too_large = _json_text(f"request body larger than SAGEMAKER_MAX_PAYLOAD_IN_MB={config.max_payload_mb} MiB "
+                           f"({config.max_payload_bytes} bytes)")
+    too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
+    died = _json_text("the model server failed this request: its worker died or the server is restarting")
+    not_found = _json_text("no such route: use /ping, /invocations or /execution-parameters")
+    return f"""# Written by smsuper serve at every start; edits are lost.
+{user}worker_processes {worker_processes};
+pid {runtime.nginx_pid};
+error_log stderr {log_level};
+worker_shutdown_timeout {config.nginx_shutdown_timeout:g}s;
+
+events {{
+    worker_connections {worker_connections()};
+}}
+
+http {{
+    server_tokens off;
+    charset off;
+    default_type application/json;
+{temp_paths}
+    log_format smsuper '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent '
+                       '$request_time $upstream_response_time';
+{ping_map}    access_log {runtime.access_log} smsuper{log_condition};
+
+    keepalive_timeout 75s;
+    keepalive_requests 100000;
+    client_max_body_size {config.max_payload_bytes};
+    client_body_buffer_size {body_buffer};
+
+    upstream {UPSTREAM} {{
+        server unix:{runtime.socket} max_fails=0;
+        keepalive 32;
+{upstream_keepalive_timeout}    }}
+
+    server {{
+        listen {config.port} backlog=4096;
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_connect_timeout 5s;
+        proxy_send_timeout {config.timeout}s;
+        proxy_read_timeout {config.timeout}s;
+        proxy_buffer_size {PROXY_BUFFER};
+        proxy_buffers {proxy_buffers} {PROXY_BUFFER};
+        # A POST that already reached a worker is never sent again.
+        proxy_next_upstream off;
+
+        error_page 413 @too_large;
+        error_page 502 503 @died;
+        error_page 504 @too_slow;
+
+        location = /ping {{
+            if (-f {runtime.ready_flag}) {{
+                return 200 "";
+            }}
+            error_page 503 /_smsuper/ping-status;
+            return 503;
+        }}
+        location = /_smsuper/ping-status {{
+            internal;
+            etag off;
+            alias {runtime.ping_status};
+        }}
+        location = /invocations {{
+            proxy_pass http://{UPSTREAM};
+        }}
+        location = /execution-parameters {{
+            proxy_pass http://{UPSTREAM};
+        }}
+        location / {{
+            return 404 {not_found};
+        }}
+        location @too_large {{
+            return 413 {too_large};
+        }}
+        location @too_slow {{
+            return 504 {too_slow};
+        }}
+        location @died {{
+            return 502 {died};
+        }}
+    }}
+}}
+"""

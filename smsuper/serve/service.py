@@ -1,0 +1,90 @@
+"""The model of one process: loading, ready, or failed, and why.
+
+Loading never raises. A model_fn (or import) that fails leaves the process
+running in the `failed` state: /invocations answers 500 naming the failure,
+/ping keeps failing, and the reason is written to ping-status.json and logged
+once for all workers (readiness.first_to_report). Crashing instead would make
+gunicorn restart the worker, fail again, and loop.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Optional
+
+from .. import log
+from . import codecs, readiness
+from .config import ServeConfig
+from .context import Context
+from .errors import ModelLoadFailed, ModelNotReady
+from .handlers import Handlers, UserCodeError, call, code_directories, import_file, locate
+from .runtime import RuntimeDir
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+class ModelService:
+    def __init__(self, config: ServeConfig, runtime: Optional[RuntimeDir] = None):
+        self.config = config
+        self.runtime = runtime
+        self.state = LOADING
+        self.failure = ""
+        self.handlers: Optional[Handlers] = None
+        self.model: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    def _status(self, status: str, message: str) -> None:
+        if self.runtime is not None:
+            try:
+                readiness.write_status(self.runtime, status, message)
+            except OSError:
+                pass
+
+    def load(self) -> None:
+        self._status(LOADING, "the model is loading")
+        step = "importing the handler module"
+        try:
+            path = locate(self.config.program, code_directories(self.config.base_dir, self.config.submit_directory))
+            self.handlers = Handlers(import_file(path), self.config.default_accept)
+            step = "model_fn"
+            codecs.numpy_module()  # import numpy now, not during the first request
+            self.model = self.handlers.load_model(self.config.model_dir)
+        except BaseException as error:  # SystemExit from a user module is a load failure too
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            self._fail(step, error)
+            return
+        self.state = READY
+        log.info(f"model loaded from {self.config.model_dir}")
+
+    def _fail(self, step: str, error: BaseException) -> None:
+        cause = error.error if isinstance(error, UserCodeError) else error
+        if isinstance(error, UserCodeError):
+            self.failure = f"the model failed to load: {error}"
+        elif step == "model_fn":
+            self.failure = f"the model failed to load: {type(cause).__name__}: {cause}"
+        else:
+            self.failure = f"the model failed to load ({step}): {type(cause).__name__}: {cause}"
+        self.state = FAILED
+        self._status(FAILED, self.failure)
+        if self.runtime is None or readiness.first_to_report(self.runtime, self.failure):
+            detail = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+            log.error(f"{self.failure}\n{detail.rstrip()}\n/ping fails and /invocations answers 500 until this is fixed")
+
+    def invoke(self, body: bytes, content_type: Optional[str], accept: Optional[str], context: Context) -> Any:
+        if self.state == LOADING:
+            raise ModelNotReady("the model is still loading")
+        if self.state == FAILED:
+            raise ModelLoadFailed(self.failure)
+        assert self.handlers is not None
+        context.model_dir = self.config.model_dir
+        return self.handlers.invoke(self.model, body, content_type, accept, context)
+
+    def execution_parameters(self, context: Context) -> dict:
+        function = self.handlers.execution_parameters_fn if self.handlers else None
+        if function is None:
+            return self.config.execution_parameters()
+        return dict(call(function, context))

@@ -1,0 +1,160 @@
+"""Style B: the user's own WSGI app (SMSUPER_APP=module:attr), like the seed's predictor.py.
+
+The module is imported from the working directory, the code directories, or
+anything already on sys.path; `attr` may be `create_app()` to call a factory.
+Ready means: the import worked and the app's own /ping answered 2xx once (a
+404 or 405 counts as "no health route": the import is all there is to wait
+for). That first call happens while the worker boots, so an app that loads
+its model lazily on the first /ping (as the seed's ScoringService does) has
+it loaded before the worker takes traffic. Until it passes, it is retried
+every second; afterwards nginx answers /ping from the readiness flag, so the
+app's /ping never again competes with predictions.
+
+/execution-parameters is the app's when it has that route, smsuper's otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from .. import log
+from . import readiness
+from .config import ServeConfig
+from .handlers import code_directories
+from .runtime import RuntimeDir
+from .service import FAILED, LOADING, READY
+
+PROBE_INTERVAL = 1.0
+
+
+def import_app(spec: str, search: List[str]) -> Any:
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    for directory in reversed(search):
+        if directory and os.path.isdir(directory) and directory not in sys.path:
+            sys.path.insert(0, directory)
+    module = importlib.import_module(module_name)
+    call = attribute.endswith("()")
+    target: Any = module
+    for part in attribute.rstrip("()").split("."):
+        target = getattr(target, part)
+    if call:
+        target = target()
+    if not callable(target):
+        raise TypeError(f"{spec} is a {type(target).__name__}, not a WSGI application")
+    return target
+
+
+def _json(status: str, message: str) -> Tuple[str, List[Tuple[str, str]], bytes]:
+    body = (json.dumps({"error": message}) + "\n").encode("utf-8")
+    return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
+
+
+def probe_ping(app: Any) -> Tuple[bool, str]:
+    """Call the app's GET /ping in-process: (ready, what it said)."""
+    environ = EnvironBuilder(path="/ping", method="GET").get_environ()
+    app_iter, status, _ = run_wsgi_app(app, environ)
+    try:
+        for _ in app_iter:
+            pass
+    finally:
+        close = getattr(app_iter, "close", None)
+        if close:
+            close()
+    code = int(status.split()[0])
+    if 200 <= code < 300 or code in (404, 405):
+        return True, status
+    return False, f"the app's /ping answered {status}"
+
+
+class UserAppService:
+    """Load state and WSGI entry point for a user's app; same face as ModelService."""
+
+    def __init__(self, config: ServeConfig, runtime: Optional[RuntimeDir] = None,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.config = config
+        self.runtime = runtime
+        self.should_stop = should_stop
+        self.state = LOADING
+        self.failure = ""
+        self.app: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    def _status(self, status: str, message: str) -> None:
+        if self.runtime is not None:
+            try:
+                readiness.write_status(self.runtime, status, message)
+            except OSError:
+                pass
+
+    def _log_once(self, message: str) -> None:
+        if self.runtime is None or readiness.first_to_report(self.runtime, message):
+            log.error(message)
+
+    def load(self) -> None:
+        spec = self.config.app or ""
+        self._status(LOADING, f"importing {spec}")
+        search = [os.getcwd()] + code_directories(self.config.base_dir, self.config.submit_directory)
+        try:
+            self.app = import_app(spec, search)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            self.failure = f"cannot load SMSUPER_APP={spec}: {type(error).__name__}: {error}"
+            self.state = FAILED
+            self._status(FAILED, self.failure)
+            self._log_once(f"{self.failure}\n{traceback.format_exc().rstrip()}")
+            return
+        self._wait_for_health(spec)
+
+    def _wait_for_health(self, spec: str) -> None:
+        while not self.should_stop():
+            try:
+                ok, said = probe_ping(self.app)
+            except Exception as error:
+                ok, said = False, f"the app's /ping raised {type(error).__name__}: {error}"
+                self._log_once(f"{said}\n{traceback.format_exc().rstrip()}")
+            if ok:
+                self.state = READY
+                log.info(f"{spec} is ready")
+                return
+            self._status(LOADING, f"waiting for {spec}: {said}")
+            self._log_once(f"{spec} is not ready yet: {said}; asking again every {PROBE_INTERVAL:g} s")
+            time.sleep(PROBE_INTERVAL)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if self.state != READY:
+            if self.state == FAILED:
+                code = "503 Service Unavailable" if path == "/ping" else "500 Internal Server Error"
+                status, headers, body = _json(code, self.failure)
+            else:
+                status, headers, body = _json("503 Service Unavailable", "the app is still loading")
+            start_response(status, headers)
+            return [body]
+        if path == "/execution-parameters":
+            return self._execution_parameters(environ, start_response)
+        return self.app(environ, start_response)
+
+    def _execution_parameters(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        app_iter, status, headers = run_wsgi_app(self.app, environ)
+        if not status.startswith("404"):
+            start_response(status, headers)
+            return app_iter
+        close = getattr(app_iter, "close", None)
+        if close:
+            close()
+        body = json.dumps(self.config.execution_parameters()).encode("utf-8")
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
