@@ -59,14 +59,14 @@ TRANSITIVE_LOCK: Dict[str, str] = {
     # flask 3.1.3
     "werkzeug": "3.1.9",
     "jinja2": "3.1.6",
-    "markupsafe": "3.0.3",          # 3.0.x supports 3.9; only its pure-Python code is used
+    "markupsafe": "3.0.4",          # only its pure-Python code is used
     "itsdangerous": "2.2.0",
     "blinker": "1.9.0",
     "click": "8.1.8",               # 8.2 and later need 3.10
     "importlib-metadata": "8.7.1",  # flask imports it on 3.9 only; 8.8 and later need 3.10
     "zipp": "3.23.1",               # importlib-metadata's; 4.x needs 3.10
     # gunicorn 23.0.0
-    "packaging": "25.0",
+    "packaging": "26.3",            # used only by the gevent and eventlet workers
 }
 
 # Packages whose wheels carry a compiled extension we ship (one per target).
@@ -83,9 +83,11 @@ PLATFORMS = (
     ("musllinux_1_2_x86_64", "x86_64", "musl"),
     ("musllinux_1_2_aarch64", "aarch64", "musl"),
 )
-# A platform-specific wheel of a package used for its pure-Python code only:
-# a fixed target makes the choice of wheel independent of the build machine.
-PURE_FROM_PLATFORM_WHEEL = ("manylinux2014_x86_64", "3.9")
+# Packages published only as platform wheels whose pure-Python code is enough
+# (MarkupSafe falls back from its _speedups extension to _native); a fixed
+# target makes the choice of wheel independent of the build machine.
+PURE_PART_ONLY = ("markupsafe",)
+PURE_PART_FROM = ("manylinux2014_x86_64", "3.9")
 
 DEFAULT_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip can hold
 SHEBANG = b"#!/usr/bin/env python3\n"
@@ -131,12 +133,12 @@ def direct_pins() -> Dict[str, str]:
 
 
 def wanted_wheels(pins: Dict[str, str]) -> List[Wheel]:
-    platform_tag, python = PURE_FROM_PLATFORM_WHEEL
+    platform_tag, python = PURE_PART_FROM
     wheels = []
     for name, version in sorted(pins.items()):
         if name in NATIVE:
             wheels += [Wheel(name, version, py, plat) for py in PYTHONS for plat, _, _ in PLATFORMS]
-        elif name == "markupsafe":  # no pure wheel is published
+        elif name in PURE_PART_ONLY:
             wheels.append(Wheel(name, version, python, platform_tag))
         else:
             wheels.append(Wheel(name, version, "", ""))
@@ -219,20 +221,23 @@ def bundle_wheels(downloaded: Dict[Wheel, Path], files: Dict[str, bytes]) -> Non
 
 
 def _packaging():
-    """packaging's Requirement and Version: installed, or the copy inside pip."""
+    """packaging's Requirement, SpecifierSet and Version: installed, or pip's copy."""
     try:
         from packaging.requirements import Requirement
+        from packaging.specifiers import SpecifierSet
         from packaging.version import Version
     except ImportError:
         from pip._vendor.packaging.requirements import Requirement  # type: ignore
+        from pip._vendor.packaging.specifiers import SpecifierSet  # type: ignore
         from pip._vendor.packaging.version import Version  # type: ignore
-    return Requirement, Version
+    return Requirement, SpecifierSet, Version
 
 
 def check_requirements(files: Dict[str, bytes]) -> None:
-    """Every Requires-Dist of every bundled wheel that applies on Linux to any
-    supported Python is bundled, at a version its specifier allows."""
-    Requirement, Version = _packaging()
+    """Every bundled distribution supports every Python in PYTHONS, and each of
+    its Requires-Dist that applies on Linux to one of them is bundled, at a
+    version its specifier allows."""
+    Requirement, SpecifierSet, Version = _packaging()
     bundled: Dict[str, str] = {}
     requires: List[Tuple[str, str]] = []
     for name, data in files.items():
@@ -241,6 +246,10 @@ def check_requirements(files: Dict[str, bytes]) -> None:
             dist = canonical(re.search(r"^Name:\s*(\S+)", text, re.M).group(1))
             bundled[dist] = re.search(r"^Version:\s*(\S+)", text, re.M).group(1)
             requires += [(dist, line) for line in re.findall(r"^Requires-Dist:\s*(.+?)\s*$", text, re.M)]
+            supports = SpecifierSet((re.findall(r"^Requires-Python:\s*(.+?)\s*$", text, re.M) or [""])[0])
+            unsupported = [py for py in PYTHONS if not supports.contains(py + ".0", prereleases=True)]
+            if unsupported:
+                raise SystemExit(f"build: {dist} {bundled[dist]} does not support Python {unsupported}")
     problems = set()
     for dist, line in requires:
         requirement = Requirement(line)
