@@ -28,8 +28,13 @@ find the same tree. The tree is world-readable, so unprivileged children of a
 root PID 1 can use it.
 
 sys.path: the tree replaces the zip as sys.path[0], so the bundled libraries
-take precedence over the image's site-packages for smsuper's own process (the
-user's code in a child process starts with its normal sys.path).
+take precedence over the image's site-packages in every process started from
+the pyz: PID 1 and the gunicorn master and workers, hence also the user's
+serving code imported there (it gets the bundled Flask, for one). A training
+script runs as its own program with the image's normal sys.path.
+
+The first start costs about a second (mostly compiling); an image can pay it
+at build time instead, with `RUN python /smsuper.pyz --version`.
 
 Failure never stops smsuper: with no usable location it warns once on stderr
 and runs straight from the zip (slower, and without process titles).
