@@ -33,7 +33,9 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -q
+    # A third-party source that cannot be reached must not stop us: the install below fails
+    # loudly if Debian's own lists are really missing.
+    $SUDO apt-get update -q || log "apt-get update reported errors; trying the install anyway"
     # --no-install-recommends: podman's recommends pull in crun and others we do not use.
     $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 else
@@ -62,16 +64,19 @@ $SUDO mkdir -p "${SMSUPER_TEST_CACHE:-/var/cache/smsuper-tests}"
 
 # The Python side: smsuper itself (editable) with its test extra.
 PYTHON="${PYTHON:-python3}"
+export PIP_ROOT_USER_ACTION=ignore  # root is expected here: no warning
 pip_install() {
     "$PYTHON" -m pip install --disable-pip-version-check -q "$@"
 }
 log "pip install -e .[test] with $("$PYTHON" --version 2>&1)"
-if ! pip_install -e '.[test]' 2>/tmp/smsuper-pip.err; then
-    if grep -q externally-managed /tmp/smsuper-pip.err; then
+pip_err=$(mktemp)
+trap 'rm -f "$pip_err"' EXIT
+if ! pip_install -e '.[test]' 2>"$pip_err"; then
+    if grep -q externally-managed "$pip_err"; then
         # Debian's own python3 refuses site-wide installs unless told (PEP 668).
         pip_install --break-system-packages -e '.[test]'
     else
-        cat /tmp/smsuper-pip.err >&2
+        cat "$pip_err" >&2
         exit 1
     fi
 fi
