@@ -33,7 +33,7 @@ the pyz: PID 1 and the gunicorn master and workers, hence also the user's
 serving code imported there (it gets the bundled Flask, for one). A training
 script runs as its own program with the image's normal sys.path.
 
-The first start costs about a second (mostly compiling); an image can pay it
+The first start costs one to two seconds (mostly compiling); an image can pay it
 at build time instead, with `RUN python /smsuper.pyz --version`.
 
 Failure never stops smsuper: with no usable location it warns once on stderr
