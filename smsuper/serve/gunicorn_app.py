@@ -214,6 +214,9 @@ class ServeApplication(BaseApplication):
         for key, value in self.options().items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
+        if not self.config.app:
+            # Imported once here, so forked workers share it instead of each importing Flask.
+            from . import app  # noqa: F401
 
     def load(self) -> Any:
         return build_wsgi(self.config, self.runtime, _worker_stopping)

@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 from .. import log, selfcmd, settings
 from ..init import capabilities
-from ..init.spawn import ChildSpec, SpawnError
+from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
 from ..titles import set_title
 from . import nginx, readiness, requirements
@@ -36,8 +36,12 @@ CONFIG_ERROR = 2
 MAX_NGINX_WORKERS = 4  # nginx only shuffles bytes: a few processes saturate any model
 
 
-def workload_owner() -> Optional[Tuple[int, int]]:
-    """(uid, gid) the servers run as; None: as this process (no privilege drop yet)."""
+def workload_credentials() -> Optional[Credentials]:
+    """Who nginx and gunicorn run as. None: as this process.
+
+    The one place to hook the init's privilege drop (SMSUPER_USER) into serve:
+    the runtime directory is handed to this user and both servers run as it.
+    """
     return None
 
 
@@ -57,7 +61,8 @@ class ServeJob:
     def __init__(self, config: ServeConfig, code_dir: Optional[str]):
         self.config = config
         self.code_dir = code_dir
-        self.owner = workload_owner()
+        self.credentials = workload_credentials()
+        self.owner = (self.credentials.uid, self.credentials.gid) if self.credentials else None
         self.runtime = runtime_dir.create(settings.value("SMSUPER_RUNTIME_DIR"), self.owner)
         self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
         self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
@@ -76,8 +81,8 @@ class ServeJob:
         argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind,
                                  "--workers", str(self.config.workers), *drain)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return ChildSpec(role="gunicorn", argv=argv, env=env, relay=True, stop_signal=signal.SIGTERM,
-                         restart=True)
+        return ChildSpec(role="gunicorn", argv=argv, env=env, credentials=self.credentials, relay=True,
+                         stop_signal=signal.SIGTERM, restart=True)
 
     def _nginx_spec(self) -> ChildSpec:
         assert self.nginx_binary
@@ -91,7 +96,7 @@ class ServeJob:
                                          settings.value("SMSUPER_LOG_FORMAT") == "json")
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
-                         relay=True, stop_signal=signal.SIGQUIT, restart=True)
+                         credentials=self.credentials, relay=True, stop_signal=signal.SIGQUIT, restart=True)
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
@@ -108,6 +113,7 @@ class ServeJob:
             self.supervisor.shutdown("a server could not start", exit_code=error.exit_code)
 
     def start(self) -> None:
+        readiness.reset(self.runtime)  # a reused SMSUPER_RUNTIME_DIR may hold a stale `ready`
         readiness.write_status(self.runtime, "starting", "the model server is starting")
         install = requirements.plan(self.code_dir, settings.value("SMSUPER_INSTALL_REQUIREMENTS"),
                                     os.environ) if self.code_dir else None

@@ -86,6 +86,13 @@ def clear(runtime: RuntimeDir) -> None:
             _unlink(os.path.join(runtime.ready_dir, name))
 
 
+def reset(runtime: RuntimeDir) -> None:
+    """A fresh start: no stale flag from an earlier run, every failure may be logged again."""
+    clear(runtime)
+    for name in os.listdir(runtime.elections):
+        _unlink(os.path.join(runtime.elections, name))
+
+
 def is_ready(runtime: RuntimeDir) -> bool:
     return os.path.exists(runtime.ready_flag)
 

@@ -1,0 +1,573 @@
+"""`smsuper serve` end to end: the built pyz as PID 1 of a new PID namespace, real nginx, real HTTP.
+
+Each test lays out a base directory like /opt/ml with a handler module, starts
+`unshare --pid --fork --mount-proc --kill-child python PYZ serve` on a free
+port and talks to it over HTTP. Slow parts of a model are gated on files the
+test creates, so nothing depends on timing; the time limits below are safety
+nets against a hang, never assertions about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import requests
+
+WAIT_LIMIT = 90  # seconds: only ever reached when something hangs
+SIX_MIB = 6 * 1024 * 1024
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
+
+# A handler module whose predictions can be held at a gate: a request with
+# {"gate": true} records its worker's pid in inflight/ and waits until the
+# test creates the file `open`; {"sleep": s} sleeps; anything else is echoed.
+GATED_MODEL = """
+import json, os, time, uuid
+
+BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INFLIGHT = os.path.join(BASE, "inflight")
+
+def wait_for(path, limit=120):
+    deadline = time.time() + limit
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+
+def model_fn(model_dir):
+    wait_for(os.path.join(BASE, "load"))
+    return "model"
+
+def predict_fn(data, model, context):
+    if isinstance(data, dict) and data.get("gate"):
+        os.makedirs(INFLIGHT, exist_ok=True)
+        with open(os.path.join(INFLIGHT, f"{os.getpid()}-{uuid.uuid4().hex}"), "w"):
+            pass
+        wait_for(os.path.join(BASE, "open"))
+        return {"pid": os.getpid(), "gated": True}
+    if isinstance(data, dict) and "sleep" in data:
+        time.sleep(data["sleep"])
+    if context.custom_attributes:
+        context.set_custom_attributes("echo:" + context.custom_attributes)
+    return data
+"""
+
+BODY_LENGTH_MODEL = """
+def model_fn(model_dir):
+    return None
+
+def transform_fn(model, body, content_type, accept):
+    return str(len(body)), "text/plain"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def children_of(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def title_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def host_pid(namespace_pid: int, init: int) -> int:
+    """The host's pid of a process that knows itself as `namespace_pid` inside init's PID namespace."""
+    namespace = os.readlink(f"/proc/{init}/ns/pid")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
+                continue
+            with open(f"/proc/{entry}/status") as handle:
+                for line in handle:
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == namespace_pid:
+                        return int(entry)
+        except OSError:
+            continue
+    raise AssertionError(f"no process {namespace_pid} in the namespace of {init}")
+
+
+def eventually(check: Callable[[], bool], what: str, limit: float = WAIT_LIMIT) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+class Server:
+    """One `smsuper serve` under its own PID namespace."""
+
+    def __init__(self, pyz: Path, env: dict, base: Path, cwd: Optional[Path] = None):
+        self.base = base
+        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
+        self.stdout_path = base.parent / "stdout.txt"
+        self.stderr_path = base.parent / "stderr.txt"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, str(pyz), "serve"],
+                env=env, cwd=str(cwd or base), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+
+    # ---- observing ----------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def init_pid(self) -> int:
+        eventually(lambda: bool(children_of(self.proc.pid)), "smsuper to start")
+        return children_of(self.proc.pid)[0]
+
+    def child(self, marker: str) -> int:
+        """The pid of PID 1's child whose title contains `marker`."""
+        found: List[int] = []
+
+        def look() -> bool:
+            found[:] = [p for p in children_of(self.init_pid()) if marker in title_of(p)]
+            return bool(found)
+
+        eventually(look, f"a child titled {marker!r}")
+        return found[0]
+
+    def gunicorn_master(self) -> int:
+        found: List[int] = []
+
+        def look() -> bool:
+            found[:] = [p for p in children_of(self.init_pid())
+                        if "gunicorn: master" in title_of(p) or "_gunicorn" in title_of(p)]
+            return bool(found)
+
+        eventually(look, "the gunicorn master")
+        return found[0]
+
+    def ping(self) -> Optional[requests.Response]:
+        try:
+            return requests.get(self.url("/ping"), timeout=5)
+        except requests.RequestException:
+            return None
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"smsuper exited {self.proc.returncode}\n{self.stderr()}")
+            response = self.ping()
+            return response is not None and response.status_code == 200
+
+        eventually(ready, "/ping to answer 200")
+
+    def post(self, data, content_type: str = "application/json", **headers: str) -> requests.Response:
+        if not isinstance(data, (bytes, str)):
+            data = json.dumps(data)
+        return requests.post(self.url("/invocations"), data=data,
+                             headers={"Content-Type": content_type, **headers}, timeout=WAIT_LIMIT)
+
+    # ---- stopping --------------------------------------------------------------------
+    def terminate(self) -> int:
+        os.kill(self.init_pid(), signal.SIGTERM)
+        return self.proc.wait(timeout=WAIT_LIMIT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # --kill-child takes the whole namespace with it
+            self.proc.wait(timeout=WAIT_LIMIT)
+
+
+def layout(base: Path, code: str = GATED_MODEL, files: Optional[Dict[str, str]] = None) -> Path:
+    code_dir = base / "model" / "code"
+    code_dir.mkdir(parents=True, exist_ok=True)
+    (code_dir / "inference.py").write_text(textwrap.dedent(code))
+    for name, text in (files or {}).items():
+        (code_dir / name).write_text(text)
+    (base / "load").touch()  # GATED_MODEL's model_fn returns at once unless a test removes this
+    return base
+
+
+@pytest.fixture()
+def serve(pyz, base_env, tmp_path):
+    """serve(code=..., **env) starts a server and waits for nothing; every server is killed at the end."""
+    servers: List[Server] = []
+
+    def start(code: str = GATED_MODEL, files: Optional[Dict[str, str]] = None, loaded: bool = True,
+              cwd: Optional[Path] = None, **extra: str) -> Server:
+        base = layout(tmp_path / "ml", code, files)
+        if not loaded:
+            (base / "load").unlink()
+        env = dict(base_env)
+        for name in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMSUPER_APP"):
+            env.pop(name, None)
+        env.update({"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(free_port()),
+                    "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_RUNTIME_DIR": str(tmp_path / "run")})
+        env.update(extra)
+        server = Server(pyz, env, base, cwd)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def in_flight(base: Path) -> int:
+    directory = base / "inflight"
+    return len(os.listdir(directory)) if directory.exists() else 0
+
+
+def background(function: Callable[[], requests.Response]) -> Callable[[], requests.Response]:
+    """Run `function` in a thread; calling the result joins it and returns its response."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append(function())
+        except Exception as error:  # surfaced by the caller
+            box.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> requests.Response:
+        thread.join(WAIT_LIMIT)
+        assert box, "the request did not finish"
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+    return result
+
+
+# ---- routes and status codes ---------------------------------------------------------------
+
+def test_every_route_and_status_code(serve):
+    server = serve()
+    server.wait_ready()
+    ping = server.ping()
+    assert ping.status_code == 200 and ping.content == b""
+
+    ok = server.post([[1, 2], [3, 4]], **{"X-Amzn-SageMaker-Custom-Attributes": "trace=9"})
+    assert ok.status_code == 200 and ok.json() == [[1, 2], [3, 4]]
+    assert ok.headers["X-Amzn-SageMaker-Custom-Attributes"] == "echo:trace=9"
+
+    csv = server.post("1,2\n3,4\n", "text/csv; charset=utf-8", Accept="text/csv;q=0.9, application/json;q=0.1")
+    assert csv.status_code == 200 and csv.headers["Content-Type"] == "text/csv"
+    assert csv.text == "1.0,2.0\n3.0,4.0\n"
+
+    cases = {
+        415: server.post(b"GIF89a", "image/gif"),
+        406: server.post([1], Accept="image/png"),
+        400: server.post(b"{broken", "application/json"),
+        404: requests.get(server.url("/models"), timeout=10),
+        405: requests.get(server.url("/invocations"), timeout=10),
+    }
+    for status, response in cases.items():
+        assert response.status_code == status, (status, response.text)
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["error"]
+
+    parameters = requests.get(server.url("/execution-parameters"), timeout=10)
+    assert parameters.json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
+    # The access log reaches stdout through PID 1, without the pings.
+    eventually(lambda: "POST /invocations" in server.stdout(), "access log lines on stdout")
+    assert "GET /ping" not in server.stdout()
+    assert server.terminate() == 0
+
+
+def test_user_error_is_500_with_short_json_and_traceback_in_log(serve):
+    server = serve(code="""
+        def model_fn(model_dir):
+            return None
+        def predict_fn(data, model):
+            raise KeyError("no feature named 'age'")
+    """)
+    server.wait_ready()
+    response = server.post({"x": 1})
+    assert response.status_code == 500
+    assert "predict_fn raised KeyError" in response.json()["error"]
+    eventually(lambda: "Traceback" in server.stderr(), "the traceback in the log")
+
+
+def test_six_mib_passes_and_one_byte_more_is_413(serve):
+    server = serve(code=BODY_LENGTH_MODEL)
+    server.wait_ready()
+    exact = server.post(b"x" * SIX_MIB, "application/octet-stream")
+    assert exact.status_code == 200 and exact.text == str(SIX_MIB)
+    too_big = server.post(b"x" * (SIX_MIB + 1), "application/octet-stream")
+    assert too_big.status_code == 413
+    assert "6291456" in too_big.json()["error"]
+    # Kept in memory, not spooled to a temporary file.
+    assert "buffered to a temporary file" not in server.stderr()
+
+
+def test_slow_prediction_gets_one_clear_504(serve):
+    server = serve(SAGEMAKER_MODEL_SERVER_TIMEOUT="2")
+    server.wait_ready()
+    slow = server.post({"sleep": 4})
+    assert slow.status_code == 504
+    assert "SAGEMAKER_MODEL_SERVER_TIMEOUT=2" in slow.json()["error"]
+    assert server.post([1]).status_code == 200  # the other worker still serves
+
+
+# ---- /ping -------------------------------------------------------------------------------------
+
+def test_ping_fails_until_the_model_is_loaded_then_passes_while_all_workers_are_busy(serve):
+    server = serve(loaded=False)
+    eventually(lambda: server.ping() is not None, "nginx to answer")
+    loading = server.ping()
+    assert loading.status_code == 503 and loading.json()["status"] in ("starting", "loading")
+
+    (server.base / "load").touch()
+    server.wait_ready()
+
+    busy = [background(lambda: server.post({"gate": True})) for _ in range(2)]
+    eventually(lambda: in_flight(server.base) == 2, "both workers to be busy")
+    for _ in range(20):
+        response = server.ping()
+        assert response is not None and response.status_code == 200
+    (server.base / "open").touch()
+    assert [r().status_code for r in busy] == [200, 200]
+
+
+def test_model_fn_raising_fails_ping_and_invocations_without_crash_loop(serve):
+    server = serve(code="""
+        def model_fn(model_dir):
+            raise RuntimeError("weights file is corrupt")
+    """)
+    eventually(lambda: (server.ping() is not None and server.ping().status_code == 503
+                        and server.ping().json()["status"] == "failed"), "/ping to report the failure")
+    ping = server.ping().json()
+    assert "weights file is corrupt" in ping["error"]
+    response = server.post([1])
+    assert response.status_code == 500
+    assert "failed to load" in response.json()["error"] and "weights file is corrupt" in response.json()["error"]
+    logged = server.stderr()
+    assert logged.count("Traceback (most recent call last)") == 1  # two workers, logged once
+    assert "restarting gunicorn" not in logged and server.proc.poll() is None
+
+
+# ---- lifecycle -----------------------------------------------------------------------------------
+
+def test_sigterm_completes_every_request_in_flight_and_exits_0(serve):
+    server = serve()
+    server.wait_ready()
+    # Two requests hold both workers; two more wait in gunicorn's socket backlog.
+    requests_ = [background(lambda: server.post({"gate": True})) for _ in range(4)]
+    eventually(lambda: in_flight(server.base) == 2, "both workers to be busy")
+    os.kill(server.init_pid(), signal.SIGTERM)
+    eventually(lambda: "SIGTERM" in server.stderr(), "smsuper to take the SIGTERM")
+    (server.base / "open").touch()
+    answers = [r() for r in requests_]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert server.proc.wait(timeout=WAIT_LIMIT) == 0, server.stderr()
+
+
+def test_nginx_killed_with_sigkill_comes_back(serve):
+    server = serve()
+    server.wait_ready()
+    os.kill(server.child("nginx: master"), signal.SIGKILL)
+    eventually(lambda: "nginx exited" in server.stderr(), "smsuper to notice")
+    server.wait_ready()
+    assert server.post([5]).json() == [5]
+
+
+def test_gunicorn_master_killed_with_sigkill_comes_back(serve):
+    server = serve()
+    server.wait_ready()
+    master = server.gunicorn_master()
+    os.kill(master, signal.SIGKILL)
+    eventually(lambda: "gunicorn exited" in server.stderr(), "smsuper to notice")
+    eventually(lambda: server.gunicorn_master() != master, "a new gunicorn master")
+    server.wait_ready()
+    assert server.post([6]).json() == [6]
+
+
+def test_worker_killed_mid_request_fails_only_that_request(serve):
+    server = serve()
+    server.wait_ready()
+    doomed = background(lambda: server.post({"gate": True}))
+    eventually(lambda: in_flight(server.base) == 1, "the request to reach a worker")
+    victim = host_pid(int(os.listdir(server.base / "inflight")[0].split("-")[0]), server.init_pid())
+    assert server.post([7]).json() == [7]  # the other worker serves meanwhile
+    os.kill(victim, signal.SIGKILL)
+    failed = doomed()
+    assert failed.status_code == 502 and failed.json()["error"]
+    (server.base / "open").touch()
+    for value in range(4):
+        assert server.post([value]).json() == [value]
+
+
+def test_missing_handler_module_fails_at_once(pyz, base_env, tmp_path):
+    base = tmp_path / "ml"
+    base.mkdir()
+    env = dict(base_env, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_BIND_TO_PORT=str(free_port()))
+    env.pop("SMSUPER_APP", None)
+    proc = subprocess.run([sys.executable, str(pyz), "serve"], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=WAIT_LIMIT)
+    assert proc.returncode == 2
+    assert f"no handler module inference.py in {base}/model/code, {base}/code" in proc.stderr.decode()
+
+
+def test_a_server_that_keeps_dying_stops_the_job_with_a_reason(serve):
+    with socket.socket() as squatter:  # gunicorn (no nginx) cannot bind a taken port
+        squatter.bind(("0.0.0.0", 0))
+        squatter.listen()
+        server = serve(SMSUPER_NGINX="/nonexistent/nginx", SAGEMAKER_BIND_TO_PORT=str(squatter.getsockname()[1]),
+                       SMSUPER_RESTART_LIMIT="2")
+        code = server.proc.wait(timeout=WAIT_LIMIT)
+    assert code != 0
+    assert "gunicorn keeps failing" in server.stderr()
+
+
+# ---- variants ----------------------------------------------------------------------------------------
+
+def test_without_nginx_gunicorn_binds_the_port_and_says_so(serve):
+    server = serve(SMSUPER_NGINX="/nonexistent/nginx")
+    server.wait_ready()
+    assert "no nginx found" in server.stderr()
+    assert server.post([8]).json() == [8]
+    assert server.terminate() == 0
+
+
+SEED_PREDICTOR = """
+import os
+import flask
+
+class ScoringService:
+    model = None
+
+    @classmethod
+    def get_model(cls):
+        if cls.model is None:
+            with open(os.path.join(os.environ["SAGEMAKER_BASE_DIR"], "model", "factor.txt")) as handle:
+                factor = int(handle.read())
+            cls.model = lambda rows: [factor * len(row.split(",")) for row in rows]
+        return cls.model
+
+app = flask.Flask(__name__)
+
+@app.route("/ping", methods=["GET"])
+def ping():
+    health = ScoringService.get_model() is not None
+    return flask.Response(response="\\n", status=200 if health else 404, mimetype="application/json")
+
+@app.route("/invocations", methods=["POST"])
+def transformation():
+    if flask.request.content_type != "text/csv":
+        return flask.Response(response="This predictor only supports CSV data", status=415, mimetype="text/plain")
+    rows = flask.request.data.decode("utf-8").splitlines()
+    result = "\\n".join(str(n) for n in ScoringService.get_model()(rows))
+    return flask.Response(response=result, status=200, mimetype="text/csv")
+"""
+
+
+def test_style_b_seed_predictor_app(serve, tmp_path):
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "predictor.py").write_text(SEED_PREDICTOR)
+    (tmp_path / "ml" / "model").mkdir(parents=True)
+    (tmp_path / "ml" / "model" / "factor.txt").write_text("10")
+    server = serve(cwd=program, SMSUPER_APP="predictor:app")
+    server.wait_ready()
+    response = server.post("1,2,3\n4,5\n", "text/csv")
+    assert response.status_code == 200 and response.text == "30\n20"
+    assert server.post([1]).status_code == 415
+    assert requests.get(server.url("/execution-parameters"), timeout=10).json()["MaxConcurrentTransforms"] == 2
+    assert requests.get(server.url("/other"), timeout=10).status_code == 404
+    assert server.terminate() == 0
+
+
+def _tiny_wheel(directory: Path) -> str:
+    """A wheel of one module, built by hand so pip needs no network and no build backend."""
+    name = "smsuper_tinydep-1.0-py3-none-any.whl"
+    info = "smsuper_tinydep-1.0.dist-info"
+    files = {
+        "smsuper_tinydep.py": "ANSWER = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: smsuper-tinydep\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(directory / name, "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return name
+
+
+def test_requirements_are_installed_before_workers_start(serve, tmp_path):
+    code_dir = tmp_path / "ml" / "model" / "code"
+    code_dir.mkdir(parents=True)
+    wheel = _tiny_wheel(code_dir)
+    target = tmp_path / "site"
+    server = serve(code="""
+        import smsuper_tinydep
+        def model_fn(model_dir):
+            return smsuper_tinydep.ANSWER
+        def predict_fn(data, model):
+            return model
+    """, files={"requirements.txt": f"./{wheel}\n"}, PIP_TARGET=str(target), PYTHONPATH=str(target),
+        PIP_NO_INDEX="1")
+    server.wait_ready()
+    assert server.post([0]).json() == 42
+
+
+def test_preload_loads_the_model_once_before_forking(serve):
+    server = serve(code="""
+        import os
+        def model_fn(model_dir):
+            return os.getpid()
+        def predict_fn(data, model):
+            return {"loaded_in": model, "served_by": os.getpid()}
+    """, SMSUPER_PRELOAD_MODEL="true")
+    server.wait_ready()
+    answers = [server.post([0]).json() for _ in range(6)]
+    assert len({a["loaded_in"] for a in answers}) == 1
+    assert all(a["loaded_in"] != a["served_by"] for a in answers)  # loaded in the master, served by workers
+    assert server.stderr().count("model loaded") == 1
+
+
+def test_threaded_workers_serve_concurrently(serve):
+    server = serve(SAGEMAKER_MODEL_SERVER_WORKERS="1", SMSUPER_WORKER_THREADS="4")
+    server.wait_ready()
+    busy = [background(lambda: server.post({"gate": True})) for _ in range(3)]
+    eventually(lambda: in_flight(server.base) == 3, "three requests in one worker at once")
+    assert server.ping().status_code == 200
+    (server.base / "open").touch()
+    assert [r().status_code for r in busy] == [200] * 3
+
+
+def test_json_log_format_covers_the_access_log(serve):
+    server = serve(SMSUPER_LOG_FORMAT="json")
+    server.wait_ready()
+    assert server.post([1]).status_code == 200
+    eventually(lambda: "/invocations" in server.stdout(), "the access log line")
+    line = next(json.loads(text) for text in server.stdout().splitlines() if "/invocations" in text)
+    assert line["source"] == "nginx" and "POST /invocations" in line["message"]
