@@ -1,0 +1,69 @@
+"""Facts about processes read from /proc: the descendant tree, memory and CPU."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Set, Tuple
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _stat_fields(pid: int) -> Optional[List[str]]:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces and parens)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].decode().split()
+
+
+def process_table() -> Dict[int, Tuple[int, str]]:
+    """pid -> (parent pid, state letter) for every process we can see."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields:
+                table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int, include_zombies: bool = True) -> Set[int]:
+    """Every process below `root`; zombies (dead, not yet reaped) only when asked."""
+    table = process_table()
+    children: Dict[int, List[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: Set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    if not include_zombies:
+        found = {pid for pid in found if table.get(pid, (0, "Z"))[1] != "Z"}
+    return found
+
+
+def usage(pid: int) -> Optional[Tuple[int, float]]:
+    """(resident bytes, CPU seconds of user+system) of one process, or None when gone."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return None
+    # After the name: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
+    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[21]) * _PAGE_SIZE, cpu
+
+
+def tree_usage(root: int) -> Tuple[int, float]:
+    """Resident bytes and CPU seconds of `root` and everything below it."""
+    rss, cpu = 0, 0.0
+    for pid in {root} | descendants(root):
+        one = usage(pid)
+        if one:
+            rss += one[0]
+            cpu += one[1]
+    return rss, cpu

@@ -1,0 +1,38 @@
+"""The tini-like job: run any command as the init's only child.
+
+The command writes straight to our stdout/stderr (a terminal keeps working),
+gets every signal we receive in its process group, and its exit code becomes
+ours. Only the init is involved: nothing SageMaker-specific happens here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List
+
+from . import log, settings
+from .init import capabilities
+from .init.spawn import ChildSpec, SpawnError
+from .init.supervisor import Supervisor
+from .titles import set_title
+
+DEFAULT_GRACE_PERIOD = 8.0  # inside `docker stop`'s default 10 s
+
+
+def main(args: List[str]) -> int:
+    if not args:
+        log.error("no command given after --: say which program to run")
+        return 2
+    settings.validate("command")
+    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
+    grace = settings.value("SMSUPER_GRACE_PERIOD")
+    if os.getpid() != 1:
+        capabilities.become_subreaper()
+    supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
+    set_title(f"smsuper: init [{os.path.basename(args[0])}]")
+    try:
+        supervisor.start(ChildSpec(role="command", argv=args, foreground=True), primary=True)
+    except SpawnError as failure:
+        log.error(failure.message)
+        return failure.exit_code
+    return supervisor.run()
