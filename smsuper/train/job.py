@@ -176,12 +176,6 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
 
     def on_exit(child, status) -> None:
         if child.spec.role == "pip" and status.code == 0 and not supervisor.stopping:
-            # pip's relays were drained and closed at its exit but may still be
-            # registered with the loop's selector; the script's new pipes can
-            # reuse those fd numbers, so forget the closed ones first.
-            for relay in child.relays:
-                if not relay.open:
-                    supervisor.remove_reader(relay.source)
             start_script()
 
     supervisor.on_exit = on_exit
