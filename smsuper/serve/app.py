@@ -67,11 +67,11 @@ def create_app(service: ModelService) -> Flask:
 
     @app.route("/invocations", methods=["POST"])
     def invocations() -> Response:
+        environ = request.environ
         body = request.get_data(cache=False)
-        context = Context(request.headers)
+        context = Context(environ=environ)
         try:
-            answer = service.invoke(body, request.headers.get("Content-Type"),
-                                    request.headers.get("Accept"), context)
+            answer = service.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"), context)
         except ModelNotReady as error:
             return json_error(error.status, error.message, {"Retry-After": "1"})
         except Exception as error:
@@ -88,7 +88,7 @@ def create_app(service: ModelService) -> Flask:
     @app.route("/execution-parameters", methods=["GET"])
     def execution_parameters() -> Response:
         try:
-            parameters = service.execution_parameters(Context(request.headers))
+            parameters = service.execution_parameters(Context(environ=request.environ))
         except Exception as error:
             return _error_response(error)
         return Response(json.dumps(parameters), status=200, content_type="application/json")

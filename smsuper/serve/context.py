@@ -17,9 +17,11 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 class Context:
     def __init__(self, headers: Optional[Mapping[str, str]] = None, model_dir: str = "",
-                 content_type: str = "", accept: str = ""):
+                 content_type: str = "", accept: str = "", environ: Optional[Mapping[str, Any]] = None):
         # Header names are case-insensitive: keep them under their lower-case name.
         self._headers: Dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+        # A WSGI environ is read lazily: most requests never look at a header.
+        self._environ = environ
         self.model_dir = model_dir
         self.content_type = content_type  # without parameters, lower-case
         self.accept = accept  # the type chosen for the response
@@ -29,9 +31,20 @@ class Context:
     @property
     def headers(self) -> Dict[str, str]:
         """The request's headers, names in lower case."""
-        return dict(self._headers)
+        found = dict(self._headers)
+        for key, value in (self._environ or {}).items():
+            if key.startswith("HTTP_"):
+                found[key[5:].replace("_", "-").lower()] = value
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+                found[key.replace("_", "-").lower()] = value
+        return found
 
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        if self._environ is not None:
+            key = name.upper().replace("-", "_")
+            value = self._environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key)
+            if value is not None:
+                return value
         return self._headers.get(name.lower(), default)
 
     @property

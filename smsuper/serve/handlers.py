@@ -25,7 +25,7 @@ import inspect
 import os
 import sys
 from types import ModuleType
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import codecs, negotiation
 from .context import Context
@@ -140,6 +140,7 @@ class Handlers:
         self.output_fn = find("output_fn", 2)
         self.transform_fn = find("transform_fn", 4)
         self.execution_parameters_fn = find("execution_parameters_fn", 0)
+        self._chosen: Dict[Optional[str], Optional[str]] = {}
         if self.model_fn is None:
             raise HandlerError(f"{module.__file__} defines no model_fn(model_dir): it must load and return the model")
 
@@ -148,9 +149,14 @@ class Handlers:
 
     # ---- one request ---------------------------------------------------------------
     def _response_type(self, accept_header: Optional[str]) -> str:
-        user_encodes = self.transform_fn is not None or self.output_fn is not None
-        supported = None if user_encodes else list(codecs.ENCODERS)
-        chosen = negotiation.choose(accept_header, self.default_accept, supported)
+        # Clients send the same few Accept headers over and over: remember the answers.
+        chosen = self._chosen.get(accept_header, "")
+        if chosen == "":
+            user_encodes = self.transform_fn is not None or self.output_fn is not None
+            supported = None if user_encodes else list(codecs.ENCODERS)
+            chosen = negotiation.choose(accept_header, self.default_accept, supported)
+            if len(self._chosen) < 256:
+                self._chosen[accept_header] = chosen
         if chosen is None:
             raise NotAcceptable(f"cannot answer in {accept_header}: the default output_fn writes "
                                 f"{', '.join(codecs.ENCODERS)}")

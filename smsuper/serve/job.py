@@ -33,7 +33,9 @@ from .config import ServeConfig, default_workers, resolve
 from .handlers import HandlerError, code_directories, locate
 
 CONFIG_ERROR = 2
-MAX_NGINX_WORKERS = 4  # nginx only shuffles bytes: a few processes saturate any model
+# nginx only shuffles bytes: one process per two CPUs (at most 4) outruns any Python model, and
+# leaves the CPUs to the workers.
+MAX_NGINX_WORKERS = 4
 
 
 def workload_credentials() -> Optional[Credentials]:
@@ -89,7 +91,7 @@ class ServeJob:
         version = nginx.version(self.nginx_binary)
         uid, gid = self.owner or (os.geteuid(), os.getegid())
         as_root = _names(uid, gid) if uid == 0 else None
-        workers = max(1, min(MAX_NGINX_WORKERS, default_workers()))
+        workers = max(1, min(MAX_NGINX_WORKERS, default_workers() // 2))
         with open(self.runtime.nginx_conf, "w") as handle:
             handle.write(nginx.render(self.config, self.runtime, version, workers, as_root))
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
