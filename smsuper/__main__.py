@@ -96,12 +96,13 @@ def main(argv: List[str]) -> int:
         return 2
     word, rest = argv[0], argv[1:]
     if word == "--":
-        return _command(rest)
-    if word.startswith("_") and not word.startswith("./"):
-        return _internal(word)(rest)
-    job = JOBS.get(word)
-    if job is None:
-        return _command(argv)
+        job, rest = _command, rest
+    elif word.startswith("_"):
+        job = _internal(word)
+    else:
+        job = JOBS.get(word)
+        if job is None:
+            job, rest = _command, argv
     try:
         return job(rest)
     except settings.SettingError as error:
