@@ -43,6 +43,15 @@ def predict_fn(data, model):
 """
 
 
+BODY_LENGTH = """
+def model_fn(model_dir):
+    return None
+
+def transform_fn(model, body, content_type, accept):
+    return str(len(body))
+"""
+
+
 @pytest.fixture(params=["numpy", "plain"] if numpy is not None else ["plain"])
 def numpy_mode(request, monkeypatch):
     """Run a test with numpy, and again as if the image had none."""
@@ -271,6 +280,14 @@ def test_user_exception_with_status_code_keeps_it(tmp_path):
     response = client_for(tmp_path, code).post("/invocations", json={})
     assert response.status_code == 422
     assert body_of(response) == {"error": "field 'age' is missing"}
+
+
+def test_body_limit_holds_without_nginx_too(tmp_path):
+    client = client_for(tmp_path, code=BODY_LENGTH, SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
+    exact = client.post("/invocations", data=b"x" * (1 << 20), content_type="application/octet-stream")
+    assert exact.status_code == 200 and exact.data == str(1 << 20).encode()
+    response = client.post("/invocations", data=b"x" * ((1 << 20) + 1), content_type="application/octet-stream")
+    assert response.status_code == 413 and body_of(response)["error"]
 
 
 def test_unknown_route_and_wrong_method_are_json(tmp_path):

@@ -56,6 +56,8 @@ def _error_response(error: BaseException) -> Response:
 
 def create_app(service: ModelService) -> Flask:
     app = Flask("smsuper.serve")
+    # nginx enforces the limit first; this keeps it when gunicorn faces clients itself.
+    app.config["MAX_CONTENT_LENGTH"] = service.config.max_payload_bytes
 
     @app.route("/ping", methods=["GET"])
     def ping() -> Response:

@@ -144,8 +144,8 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
 
     def worker_abort(worker: Any) -> None:
         log.error(f"worker {os.getpid()} killed: a request ran longer than SAGEMAKER_MODEL_SERVER_TIMEOUT="
-                  f"{config.timeout} s (+{config.worker_timeout - config.timeout} s); the client got a 504, "
-                  f"a new worker replaces this one")
+                  f"{config.timeout} s (+{config.worker_timeout - config.timeout} s; behind nginx the client "
+                  f"already got a 504); a new worker replaces this one")
 
     def on_exit(server: Any) -> None:
         readiness.clear(runtime)
