@@ -30,3 +30,21 @@ def base_env(tmp_path) -> dict:
     env["SMSUPER_METRICS_PORT"] = "0"
     env.pop("PYTHONPATH", None)
     return env
+
+
+def pytest_collection_finish(session) -> None:
+    """Start building the container base images as soon as we know a test needs them.
+
+    debootstrap of four Debian suites takes minutes; started here, it overlaps with
+    every non-container test instead of waiting for the first container test.
+    """
+    if not any("images" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    try:
+        from tests import containers
+    except ImportError:
+        import containers  # type: ignore[no-redef]
+    import shutil
+
+    if shutil.which("podman") and shutil.which("debootstrap"):
+        containers.Images.get()
