@@ -8,7 +8,9 @@ ours. Only the init is involved: nothing SageMaker-specific happens here.
 from __future__ import annotations
 
 import os
-from typing import List
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import List
 
 from . import log, settings
 from .init import capabilities

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import List
 
 
 def self_argv(word: str, *args: str) -> List[str]:

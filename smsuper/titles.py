@@ -8,17 +8,37 @@ cannot load on). Titles are a convenience, so then set_title does nothing.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+import os
+import sys
+
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Callable, Optional, Union
 
 _setter: Optional[Union[Callable[[str], None], bool]] = None  # None: not loaded yet; False: unavailable
 
 
 def _load() -> Union[Callable[[str], None], bool]:
+    # Load the extension by path rather than `import setproctitle`: the package's
+    # __init__ imports logging, which costs PID 1 ~2.5 MB of RSS for nothing.
     try:
-        from setproctitle import _setproctitle  # the extension itself, not the no-op fallbacks
+        import importlib.machinery
+        import importlib.util
 
-        return _setproctitle.setproctitle
-    except Exception:  # ImportError, or a dlopen failure on an unexpected libc
+        for entry in sys.path:
+            folder = os.path.join(entry, "setproctitle")
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                if name.startswith("_setproctitle") and name.endswith(".so"):
+                    path = os.path.join(folder, name)
+                    loader = importlib.machinery.ExtensionFileLoader("setproctitle._setproctitle", path)
+                    spec = importlib.util.spec_from_file_location("setproctitle._setproctitle", path, loader=loader)
+                    module = importlib.util.module_from_spec(spec)
+                    loader.exec_module(module)
+                    return module.setproctitle
+        return False
+    except Exception:  # a dlopen failure on an unexpected libc, or no extension at all
         return False
 
 

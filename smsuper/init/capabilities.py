@@ -8,14 +8,32 @@ with more power than intended.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-from typing import Optional
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Optional
 
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# Capability numbers (linux/capability.h) that smsuper names.
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_KILL = 5
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
+CAP_SYS_ADMIN = 21
+
+
+def mask(*caps: int) -> int:
+    """The bit set of `caps`, as /proc/PID/status shows it (CapEff: ...)."""
+    bits = 0
+    for cap in caps:
+        bits |= 1 << cap
+    return bits
 
 _libc: Optional[ctypes.CDLL] = None
 
@@ -23,7 +41,7 @@ _libc: Optional[ctypes.CDLL] = None
 def _c() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)  # the C library is already loaded; find_library would pull in subprocess
     return _libc
 
 
@@ -42,9 +60,12 @@ def last_cap() -> int:
         return 40
 
 
-def empty_bounding_set(cap_last: int) -> None:
-    """Drop every capability from the bounding set (needs CAP_SETPCAP; a no-op without it)."""
+def empty_bounding_set(cap_last: int, keep: int = 0) -> None:
+    """Drop every capability but those in the mask `keep` from the bounding set
+    (needs CAP_SETPCAP; a no-op without it)."""
     for cap in range(cap_last + 1):
+        if keep & (1 << cap):
+            continue
         try:
             _prctl(PR_CAPBSET_DROP, cap)
         except OSError as failure:
@@ -66,14 +87,56 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def clear_process_sets() -> None:
-    """Empty the effective, permitted and inheritable sets of this process."""
+def _capget() -> tuple:
+    """(effective, permitted, inheritable) of this process, as 64-bit masks."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
+    if _c().capget(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capget: {os.strerror(err)}")
+    return tuple(getattr(data[0], name) | (getattr(data[1], name) << 32)
+                 for name in ("effective", "permitted", "inheritable"))
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for index, shift in ((0, 0), (1, 32)):
+        data[index].effective = (effective >> shift) & 0xFFFFFFFF
+        data[index].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[index].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     if _c().capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capset: {os.strerror(err)}")
-    # Ambient capabilities are cleared when permitted is emptied.
+
+
+def clear_process_sets(keep: int = 0) -> None:
+    """Reduce the effective, permitted and inheritable sets of this process to
+    the mask `keep` (nothing by default). Ambient capabilities go with them."""
+    effective, permitted, _ = _capget() if keep else (0, 0, 0)
+    _capset(effective & keep, permitted & keep, permitted & keep)
+
+
+def raise_inheritable(keep: int) -> None:
+    """Put `keep` (held in the permitted set) into the inheritable set.
+
+    For a uid-0 process exec grants bounding|inheritable, so this is how root
+    keeps a few capabilities across an exec after its bounding set is emptied.
+    Must happen before that emptying: the kernel refuses inheritable bits
+    missing from the bounding set.
+    """
+    effective, permitted, inheritable = _capget()
+    _capset(effective, permitted, inheritable | (permitted & keep))
+
+
+def keep_only(keep: int, cap_last: int) -> None:
+    """This process keeps only `keep`: bounding set first (needs CAP_SETPCAP
+    while it still has it), then effective/permitted, inheritable emptied."""
+    if has_capability_setpcap():
+        empty_bounding_set(cap_last, keep)
+    effective, permitted, inheritable = _capget()
+    if (effective | permitted | inheritable) & ~keep:
+        _capset(effective & keep, permitted & keep, 0)
 
 
 def set_no_new_privs() -> None:

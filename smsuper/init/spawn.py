@@ -20,8 +20,9 @@ import errno
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from . import capabilities
 
@@ -30,38 +31,68 @@ _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 ALL_SIGNALS = [s for s in range(1, signal.NSIG) if s not in _UNCATCHABLE]
 
 
-@dataclass(frozen=True)
+# Plain classes rather than dataclasses: importing dataclasses costs PID 1 ~3 MB.
+
 class Credentials:
     """Who a child runs as. Applied in the order that cannot be undone by the child."""
 
-    uid: int
-    gid: int
-    groups: Tuple[int, ...] = ()
-    # Empty the capability bounding set so no exec can regain root's powers.
-    drop_capabilities: bool = True
-    # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities stop working.
-    no_new_privs: bool = True
+    __slots__ = ("uid", "gid", "groups", "drop_capabilities", "no_new_privs", "keep_capabilities")
+
+    def __init__(self, uid: int, gid: int, groups: Tuple[int, ...] = (),
+                 drop_capabilities: bool = True, no_new_privs: bool = True, keep_capabilities: int = 0):
+        self.uid = uid
+        self.gid = gid
+        self.groups = tuple(groups)
+        # Empty the capability bounding set so no exec can regain root's powers.
+        self.drop_capabilities = drop_capabilities
+        # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities stop working.
+        self.no_new_privs = no_new_privs
+        # A mask of capabilities a uid-0 child keeps across exec (through its
+        # inheritable set) although the bounding set is emptied: only for a
+        # program that cannot run without one (a root nginx calls setgroups()).
+        self.keep_capabilities = keep_capabilities if uid == 0 else 0
+
+    def __repr__(self) -> str:
+        return f"Credentials(uid={self.uid}, gid={self.gid}, groups={self.groups})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credentials) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
 
-@dataclass
 class ChildSpec:
     """What to run and how the supervisor treats it."""
 
-    role: str  # names the child in titles, logs and metrics: "command", "script", "nginx", "gunicorn"
-    argv: Sequence[str]
-    env: Optional[Mapping[str, str]] = None  # None: inherit os.environ
-    cwd: Optional[str] = None
-    credentials: Optional[Credentials] = None
-    # False: the child writes straight to our fds 1 and 2 (a tty keeps working).
-    # True: both go through pipes that PID 1 relays line by line, so lines of
-    # different processes never glue together and hooks can read them.
-    relay: bool = False
-    on_stdout: Optional[Callable[[bytes], None]] = None
-    on_stderr: Optional[Callable[[bytes], None]] = None
-    stop_signal: int = signal.SIGTERM  # what a graceful stop sends (nginx wants SIGQUIT)
-    restart: bool = False  # restarted with backoff while the job runs
-    foreground: bool = False  # take the controlling terminal when stdin is one
-    extra: dict = field(default_factory=dict)  # free slot for the job's own bookkeeping
+    def __init__(
+        self,
+        role: str,  # names the child in titles, logs and metrics: "command", "script", "nginx", "gunicorn"
+        argv: Sequence[str],
+        env: Optional[Mapping[str, str]] = None,  # None: inherit os.environ
+        cwd: Optional[str] = None,
+        credentials: Optional[Credentials] = None,
+        # False: the child writes straight to our fds 1 and 2 (a tty keeps working).
+        # True: both go through pipes that PID 1 relays line by line, so lines of
+        # different processes never glue together and hooks can read them.
+        relay: bool = False,
+        on_stdout: Optional[Callable[[bytes], None]] = None,
+        on_stderr: Optional[Callable[[bytes], None]] = None,
+        stop_signal: int = signal.SIGTERM,  # what a graceful stop sends (nginx wants SIGQUIT)
+        restart: bool = False,  # restarted with backoff while the job runs
+        foreground: bool = False,  # take the controlling terminal when stdin is one
+        extra: Optional[dict] = None,  # free slot for the job's own bookkeeping
+    ):
+        self.role = role
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.credentials = credentials
+        self.relay = relay
+        self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
+        self.stop_signal = stop_signal
+        self.restart = restart
+        self.foreground = foreground
+        self.extra = {} if extra is None else extra
 
 
 class SpawnError(Exception):
@@ -161,6 +192,9 @@ def _close_fds_except(keep: set) -> None:
 
 
 def _drop_to(creds: Credentials, cap_last: int) -> None:
+    keep = creds.keep_capabilities if creds.drop_capabilities else 0
+    if keep:
+        capabilities.raise_inheritable(keep)  # while the bounding set still allows it
     if creds.drop_capabilities:
         capabilities.empty_bounding_set(cap_last)
     if os.getuid() == 0 or os.geteuid() == 0:
@@ -169,7 +203,7 @@ def _drop_to(creds: Credentials, cap_last: int) -> None:
         os.setuid(creds.uid)
     if creds.drop_capabilities:
         # For uid 0 the setuid above clears nothing; clear what is left by hand.
-        capabilities.clear_process_sets()
+        capabilities.clear_process_sets(keep)
     if creds.no_new_privs:
         capabilities.set_no_new_privs()
 
