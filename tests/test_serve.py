@@ -571,3 +571,6 @@ def test_json_log_format_covers_the_access_log(serve):
     eventually(lambda: "/invocations" in server.stdout(), "the access log line")
     line = next(json.loads(text) for text in server.stdout().splitlines() if "/invocations" in text)
     assert line["source"] == "nginx" and "POST /invocations" in line["message"]
+    sources = {json.loads(text)["source"] for text in server.stderr().splitlines() if text.startswith("{")}
+    assert {"smsuper", "gunicorn"} <= sources
+    assert not [text for text in server.stderr().splitlines() if text.startswith("[")]  # no plain gunicorn lines

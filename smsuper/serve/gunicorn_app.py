@@ -30,8 +30,11 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+import logging
+
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger
 
 from .. import log, settings
 from . import readiness
@@ -79,6 +82,23 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except Exception:
         pass
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return log.json_line("gunicorn", record.levelname.lower(), message)
+
+
+class JsonLogger(Logger):
+    """gunicorn's own lines as JSON too, when SMSUPER_LOG_FORMAT=json."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(_JsonFormatter())
 
 
 def _nginx_running(pidfile: str) -> bool:
@@ -207,6 +227,8 @@ class ServeApplication(BaseApplication):
             "worker_tmp_dir": _worker_tmp_dir(self.runtime),
             "control_socket_disable": True,  # gunicorn >= 25 opens one in $HOME otherwise
         }
+        if settings.value("SMSUPER_LOG_FORMAT") == "json":
+            options["logger_class"] = JsonLogger
         options.update(_hooks(self.runtime, config))
         return options
 
