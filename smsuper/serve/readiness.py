@@ -37,7 +37,8 @@ from .runtime import RuntimeDir
 
 @contextmanager
 def _locked(runtime: RuntimeDir) -> Iterator[None]:
-    fd = os.open(runtime.ready_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Read-only is enough for flock, and lets the workload's user lock a file PID 1 (root) created.
+    fd = os.open(runtime.ready_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
