@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import os
 import signal
 import threading
 import time
 from typing import Any, Dict, List, Optional
-
-import logging
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -39,14 +38,14 @@ from gunicorn.glogging import Logger
 from .. import log, settings
 from . import readiness
 from .config import ServeConfig, resolve
+from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
 from .runtime import RuntimeDir
 
 PROC_NAME = "smsuper serve"
 PR_SET_PDEATHSIG = 1
-# nginx closes idle upstream connections after 60 s (nginx.UPSTREAM_KEEPALIVE_TIMEOUT);
-# gunicorn waiting longer means it never closes one nginx is about to reuse.
-GTHREAD_KEEPALIVE = 75
-GUNICORN_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error"}
+# gthread workers keep idle connections longer than nginx does, so gunicorn never closes
+# one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
+GTHREAD_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -222,7 +221,7 @@ class ServeApplication(BaseApplication):
             "max_requests_jitter": config.max_requests // 10,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": GUNICORN_LOG_LEVELS.get(config.log_level, "info"),
+            "loglevel": config.log_level,
             "proc_name": PROC_NAME,
             "worker_tmp_dir": _worker_tmp_dir(self.runtime),
             "control_socket_disable": True,  # gunicorn >= 25 opens one in $HOME otherwise
