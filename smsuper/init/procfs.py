@@ -69,3 +69,25 @@ def tree_usage(root: int) -> Tuple[int, float]:
             rss += one[0]
             cpu += one[1]
     return rss, cpu
+
+
+def snapshot() -> Dict[int, Tuple[int, int, float, float]]:
+    """pid -> (parent pid, resident bytes, CPU seconds of its own, CPU seconds of
+    the children it has reaped), for every live process, read once.
+
+    Summing own + reaped over a process tree counts every descendant that ever
+    ran exactly once (a dead one through the parent that reaped it), so the
+    total only grows while the tree's root lives: it can be a counter.
+    """
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if not fields or fields[0] in ("Z", "X"):
+            continue
+        # After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... rss(21)
+        table[int(name)] = (int(fields[1]), int(fields[21]) * _PAGE_SIZE,
+                            (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+                            (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS)
+    return table

@@ -80,6 +80,7 @@ class Child:
         self.primary = primary
         self.pid: Optional[int] = None
         self.started_at = 0.0
+        self.exited_at = 0.0  # wall-clock time of the last exit (metrics report run times)
         self.restarts = 0
         self.status: Optional[ExitStatus] = None
         self.recent_exits: Deque[float] = deque()
@@ -154,6 +155,13 @@ class Supervisor:
             self._selector.unregister(fd)
         except (KeyError, ValueError):
             pass
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` while `fd` can take more data (one watch per fd: remove its reader first)."""
+        self._selector.register(fd, selectors.EVENT_WRITE, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self.remove_reader(fd)
 
     def shutdown(self, reason: str, exit_code: Optional[int] = None) -> None:
         """Stop every child gracefully; `exit_code` overrides the primary's code."""
@@ -345,6 +353,7 @@ class Supervisor:
     def _child_exited(self, child: Child, status: ExitStatus) -> None:
         child.pid = None
         child.status = status
+        child.exited_at = time.time()
         self._drain_relays(child)
         level = log.info if status.code == 0 or self.stopping else log.warning
         level(f"{child.spec.role} exited: {status.describe()}")
