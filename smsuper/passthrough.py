@@ -2,7 +2,8 @@
 
 The command writes straight to our stdout/stderr (a terminal keeps working),
 gets every signal we receive in its process group, and its exit code becomes
-ours. Only the init is involved: nothing SageMaker-specific happens here.
+ours. Like every workload it runs as SMSUPER_USER (see init/privileges.py).
+Only the init is involved: nothing SageMaker-specific happens here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from typing import List
 
 from . import log, settings
-from .init import capabilities
+from .init import capabilities, privileges
 from .init.spawn import ChildSpec, SpawnError
 from .init.supervisor import Supervisor
 from .titles import set_title
@@ -28,13 +29,26 @@ def main(args: List[str]) -> int:
     settings.validate("command")
     log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
     grace = settings.value("SMSUPER_GRACE_PERIOD")
+    try:
+        account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"),
+                                          settings.value("SMSUPER_USER"), os.environ)
+    except privileges.PrivilegeError as error:
+        log.error(str(error))
+        return 2
+    account = account.with_home()
+    privileges.share_std_streams(account)
     if os.getpid() != 1:
         capabilities.become_subreaper()
     supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
     set_title(f"smsuper: init [{os.path.basename(args[0])}]")
     try:
-        supervisor.start(ChildSpec(role="command", argv=args, foreground=True), primary=True)
+        supervisor.start(ChildSpec(role="command", argv=args, env=account.environ(os.environ),
+                                   credentials=account.credentials, foreground=True), primary=True)
     except SpawnError as failure:
         log.error(failure.message)
+        account.cleanup()
         return failure.exit_code
-    return supervisor.run()
+    privileges.restrict_init()
+    code = supervisor.run()
+    account.cleanup()
+    return code

@@ -26,6 +26,11 @@ def base_env(tmp_path) -> dict:
     """An environment for running smsuper directly on this (privileged-looking) machine."""
     env = dict(os.environ)
     env["SMSUPER_ALLOW_PRIVILEGED"] = "1"  # the dev machine looks like a privileged container
+    # Workloads keep uid 0 (still without capabilities and with no_new_privs): these tests are
+    # about other behaviour, and their files live where only root may go (pytest's 0700 tmp
+    # dirs, the Pythons under /root/.pyenv). tests/test_privileges.py runs the default
+    # (nobody) and a USER 1000 image in real containers.
+    env["SMSUPER_USER"] = "root"
     env["SMSUPER_CACHE_DIR"] = str(ROOT / ".cache" / "pyz")  # shared across tests: extraction is once per build
     env["SMSUPER_METRICS_PORT"] = "0"
     env.pop("PYTHONPATH", None)

@@ -22,7 +22,7 @@ import signal
 from typing import List, Optional, Tuple
 
 from .. import log, selfcmd, settings
-from ..init import capabilities
+from ..init import capabilities, privileges
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
 from ..titles import set_title
@@ -38,15 +38,6 @@ CONFIG_ERROR = 2
 MAX_NGINX_WORKERS = 4
 
 
-def workload_credentials() -> Optional[Credentials]:
-    """Who nginx and gunicorn run as. None: as this process.
-
-    The one place to hook the init's privilege drop (SMSUPER_USER) into serve:
-    the runtime directory is handed to this user and both servers run as it.
-    """
-    return None
-
-
 def _names(uid: int, gid: int) -> Tuple[str, str]:
     try:
         user = pwd.getpwuid(uid).pw_name
@@ -59,13 +50,24 @@ def _names(uid: int, gid: int) -> Tuple[str, str]:
     return user, group
 
 
+def _nginx_credentials(credentials: Credentials) -> Credentials:
+    """A root nginx master (SMSUPER_USER=root) calls setgroups() in every worker it
+    starts, whatever its `user` directive: that one capability it keeps."""
+    if credentials.uid != 0:
+        return credentials
+    return Credentials(0, credentials.gid, credentials.groups,
+                       keep_capabilities=capabilities.mask(capabilities.CAP_SETGID))
+
+
 class ServeJob:
-    def __init__(self, config: ServeConfig, code_dir: Optional[str]):
+    def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload):
         self.config = config
         self.code_dir = code_dir
-        self.credentials = workload_credentials()
-        self.owner = (self.credentials.uid, self.credentials.gid) if self.credentials else None
+        # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
+        self.credentials = account.credentials
+        self.owner = account.owner
         self.runtime = runtime_dir.create(settings.value("SMSUPER_RUNTIME_DIR"), self.owner)
+        self.account = account.with_home(self.runtime.root)
         self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
         self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
         self.supervisor = Supervisor(config.grace_period, settings.value("SMSUPER_RESTART_LIMIT"),
@@ -82,7 +84,7 @@ class ServeJob:
             bind, drain = f"0.0.0.0:{self.config.port}", []
         argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind,
                                  "--workers", str(self.config.workers), *drain)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
         return ChildSpec(role="gunicorn", argv=argv, env=env, credentials=self.credentials, relay=True,
                          stop_signal=signal.SIGTERM, restart=True)
 
@@ -98,7 +100,8 @@ class ServeJob:
                                          settings.value("SMSUPER_LOG_FORMAT") == "json")
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
-                         credentials=self.credentials, relay=True, stop_signal=signal.SIGQUIT, restart=True)
+                         credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
+                         restart=True)
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
@@ -167,7 +170,9 @@ class ServeJob:
 
     def run(self) -> int:
         self.start()
+        privileges.restrict_init()
         code = self.supervisor.run()
+        self.account.cleanup()
         if self.access_log is not None:
             self.access_log.close()
         if self.own_runtime:
@@ -181,6 +186,12 @@ def main(args: List[str]) -> int:
         return CONFIG_ERROR
     settings.validate("serve")
     log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
+    try:
+        account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"), settings.value("SMSUPER_USER"),
+                                          os.environ)
+    except privileges.PrivilegeError as error:
+        log.error(str(error))
+        return CONFIG_ERROR
     config = resolve()
     code_dir = None
     if not config.app:
@@ -196,4 +207,4 @@ def main(args: List[str]) -> int:
     log.info(f"serving on port {config.port}: {config.workers} worker(s)"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
-    return ServeJob(config, code_dir).run()
+    return ServeJob(config, code_dir, account).run()

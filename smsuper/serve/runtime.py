@@ -81,7 +81,10 @@ def create(path: str = "", owner: Optional[Tuple[int, int]] = None) -> RuntimeDi
     made += [runtime.nginx_temp(kind) for kind in NGINX_TEMP_KINDS]
     for directory in made:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+    # The readiness lock is opened by PID 1 and by the workers: whoever creates it
+    # first owns it (mode 0600), so PID 1 makes it now, for the workload's user.
+    os.close(os.open(runtime.ready_lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     if owner is not None:
-        for directory in made:
-            os.chown(directory, *owner)
+        for path in made + [runtime.ready_lock]:
+            os.chown(path, *owner)
     return runtime

@@ -1,12 +1,15 @@
 """`smsuper train`: prepare, run the user's program under the init, report.
 
-1. prepare (guarded against an early stop): settings, the four config files,
+1. prepare (guarded against an early stop): settings, a privileged container
+   refused, the workload's account (SMSUPER_USER), the four config files,
    hyperparameters, the code directory, the entry point, the SM_* environment,
-   host names; any problem fails the job before anything runs;
-2. run under one supervisor: pip first when needed (its success starts the
-   script, from the supervisor's exit callback, so a stop during the install
-   never starts the script), then the script as the primary child, its
-   stderr relayed and its tail kept for the failure file;
+   host names; any problem fails the job before anything runs; then the model,
+   output and checkpoint directories are handed to the workload's user;
+2. run under one supervisor: pip first when needed, as root (its success
+   starts the script, from the supervisor's exit callback, so a stop during
+   the install never starts the script), then the script as the primary
+   child, unprivileged, its stderr relayed and its tail kept for the failure
+   file; PID 1 drops the capabilities it no longer needs once a child runs;
 3. report: output/success, or output/failure (unless the script wrote its
    own), and the script's exit code as the container's.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .. import log, settings
+from ..init import privileges
 from ..sagemaker import configs, hyperparameters, resources
 from ..sagemaker.environment import EntryPointFacts, TrainingEnvironment
 from ..sagemaker.paths import DEFAULT_BASE_DIR, Paths
@@ -47,6 +51,7 @@ class Prepared:
     launch: launch.Launch
     install: Optional[requirements.Install]
     training: TrainingEnvironment
+    account: privileges.Workload
     writable_dirs: List[str] = field(default_factory=list)
 
 
@@ -71,6 +76,11 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
         settings.validate("train")
     except settings.SettingError as error:
         raise JobFailure("SettingError", str(error), CONFIG_ERROR_CODE) from None
+    try:
+        account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"), settings.value("SMSUPER_USER"),
+                                          os.environ)
+    except privileges.PrivilegeError as error:
+        raise JobFailure("PrivilegeError", str(error), CONFIG_ERROR_CODE) from None
     try:
         config = configs.load(paths)
     except configs.ConfigError as error:
@@ -129,16 +139,26 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
         launch=launch.build(entry, training, plan, python, os.environ, extra_args),
         install=requirements.plan(entry, python, settings.value("SMSUPER_INSTALL_REQUIREMENTS"), os.environ),
         training=training,
+        account=account,
         writable_dirs=list(paths.script_writable_dirs(training.checkpoint_dir)),
     )
 
 
-def _make_dirs(directories: List[str]) -> None:
-    for directory in directories:
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as error:
-            log.warning(f"cannot create {directory}: {error.strerror or error}")
+def _prepare_places(prepared: Prepared) -> None:
+    """Before the switch: the script's writable directories become its user's
+    (checkpoints with their contents: a resumed run overwrites them), and a
+    HOME it can write. Problems are warnings: the script may never write there."""
+    from ..init import writable
+
+    account = prepared.account
+    for problem in writable.prepare(prepared.writable_dirs, account,
+                                    recursive=[prepared.training.checkpoint_dir]):
+        log.warning(problem)
+    for directory in [prepared.entry.code_dir, *prepared.training.channel_input_dirs.values()]:
+        problem = writable.unreadable(directory, account) if directory else ""
+        if problem:
+            log.warning(problem)
+    prepared.account = account.with_home()
 
 
 def _report_failure(paths: Paths, summary_head: Optional[str], status: str, lines: List[str],
@@ -163,8 +183,9 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
     pip_tail = failure.StderrTail()
     spawn_problem: List[SpawnError] = []
     launch_ = prepared.launch
-    script_spec = ChildSpec(role="script", argv=launch_.argv, env=launch_.env, cwd=launch_.cwd,
-                            relay=True, on_stderr=script_tail.feed)
+    account = prepared.account
+    script_spec = ChildSpec(role="script", argv=launch_.argv, env=account.environ(launch_.env), cwd=launch_.cwd,
+                            credentials=account.credentials, relay=True, on_stderr=script_tail.feed)
 
     def start_script() -> None:
         log.info(f"running {launch_.name}: {shlex.join(launch_.argv)}")
@@ -184,6 +205,7 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
         install = prepared.install
         log.info(f"installing with {install.what} in {install.cwd}")
         try:
+            # As root, as the image's own installs: the script only ever runs unprivileged.
             pip_child = supervisor.start(ChildSpec(role="pip", argv=install.argv, env=install.env,
                                                    cwd=install.cwd, relay=True, on_stderr=pip_tail.feed))
         except SpawnError as error:
@@ -191,7 +213,9 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
                              error.exit_code) from None
     else:
         start_script()
+    privileges.restrict_init()
     code = supervisor.run()
+    account.cleanup()
 
     if spawn_problem:
         problem = spawn_problem[0]
@@ -247,7 +271,7 @@ def main(args: List[str]) -> int:
     try:
         with stop_guard():
             prepared = prepare(paths, list(args))
-            _make_dirs(prepared.writable_dirs)
+            _prepare_places(prepared)
             _set_title(prepared.entry.name)
             from ..init.supervisor import Supervisor
 

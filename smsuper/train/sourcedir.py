@@ -96,6 +96,7 @@ def locate(submit_directory: Optional[str], origin: str, code_dir: str) -> CodeD
     if _is_archive(location):
         target = code_dir if _is_empty_or_absent(code_dir) else tempfile.mkdtemp(prefix="smsuper-code-")
         extract(location, target)
+        os.chmod(target, 0o755)  # mkdtemp's 0700 would hide the code from the unprivileged script
         return CodeDir(target, note=f"extracted from {location} ({origin})")
     if os.path.exists(location):
         raise SourceDirError(f"{origin}={submit_directory}: neither a directory nor a .tar.gz archive")
