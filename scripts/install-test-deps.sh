@@ -81,4 +81,11 @@ if ! pip_install -e '.[test]' 2>"$pip_err"; then
     fi
 fi
 
+# The two-host torch.distributed test: a CPU build of torch that this kind of machine keeps on
+# disk (pip finds it there; a plain `torch` would download a CUDA build of several GB).
+if ! "$PYTHON" -c "import torch.distributed" 2>/dev/null; then
+    log "pip install torch==2.13.0 (CPU build, for tests/test_train_distributed.py)"
+    pip_install torch==2.13.0 || pip_install --break-system-packages torch==2.13.0
+fi
+
 log "ok: $(podman --version), $(runc --version | head -n1), debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"

@@ -369,6 +369,22 @@ class Container:
                                      f"stdout: {logs.stdout}\nstderr: {logs.stderr}")
             time.sleep(0.1)
 
+    def wait_for_ping(self, url: str, timeout: float = 120) -> None:
+        """Until GET URL/ping answers 200; fails with the logs if the container stops first."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            logs = self.logs()
+            assert time.monotonic() < deadline, f"no /ping 200:\n{logs.stdout}\n{logs.stderr}"
+            assert self.inspect("{{.State.Status}}") == "running", f"{logs.stdout}\n{logs.stderr}"
+            time.sleep(0.1)
+
     def inspect(self, template: str) -> str:
         return podman("inspect", "--format", template, self.name).stdout.strip()
 

@@ -88,17 +88,7 @@ def test_serve_in_a_container_then_stop_with_requests_in_flight(suite_image, tmp
     url = f"http://127.0.0.1:{port}"
     env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_METRICS_PORT": "0"}
     with containers.detached(image, ["serve"], env=env, extra=["-v", f"{root}:/opt/ml"]) as box:
-        deadline = time.monotonic() + WAIT_LIMIT
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            logs = box.logs()
-            assert time.monotonic() < deadline, f"no /ping 200:\n{logs.stdout}\n{logs.stderr}"
-            assert box.inspect("{{.State.Status}}") == "running", f"{logs.stdout}\n{logs.stderr}"
-            time.sleep(0.1)
+        box.wait_for_ping(url, WAIT_LIMIT)
 
         answer = requests.post(f"{url}/invocations", data="1,2\n3,4\n", headers={"Content-Type": "text/csv"},
                                timeout=WAIT_LIMIT)

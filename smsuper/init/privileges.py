@@ -105,7 +105,8 @@ def refuse_privileged_container(allow: bool) -> None:
     if reason is None:
         return
     if allow:
-        log.info(f"this container is privileged ({reason}); starting anyway because {ALLOW_SETTING} is set")
+        # debug: whoever set the override knows; one more line at every start would be noise.
+        log.debug(f"this container is privileged ({reason}); starting anyway because {ALLOW_SETTING} is set")
         return
     raise PrivilegeError(
         f"refusing to start: this container is privileged ({reason}), as `docker run --privileged` "

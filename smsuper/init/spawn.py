@@ -215,12 +215,25 @@ def _exec_first(candidates: list, argv: list, env: dict) -> None:
         try:
             os.execve(path, argv, env)
         except OSError as failure:
+            if failure.errno == errno.EACCES and not _visible(path):
+                # A PATH directory this (unprivileged) user cannot search, such as
+                # /root/...: the program is not there for it. execvp would answer
+                # EACCES, and "cannot execute" for a program that exists nowhere misleads.
+                failure = OSError(errno.ENOENT, "not found")
             # ENOENT/ENOTDIR: keep looking. Anything else (EACCES...) is the
             # answer unless a later candidate runs, as execvp does.
             if failure.errno not in (errno.ENOENT, errno.ENOTDIR) or saved is None:
                 if saved is None or saved.errno in (errno.ENOENT, errno.ENOTDIR):
                     saved = failure
     raise saved if saved else OSError(errno.ENOENT, "not found")
+
+
+def _visible(path: str) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def _report_and_exit(error_write: int, failure: BaseException) -> None:
