@@ -9,6 +9,7 @@ nginx's and PID 1's are read from the host's /proc.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -112,6 +113,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(image: str, root: Path):
+    """`IMAGE serve` with ROOT at /opt/ml, one worker; yields the container and its URL once /ping is 200."""
+    port = free_port()
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMSUPER_METRICS_PORT": "0"}
+    with containers.detached(image, ["serve"], env=env, extra=["-v", f"{root}:/opt/ml"]) as box:
+        url = f"http://127.0.0.1:{port}"
+        box.wait_for_ping(url, WAIT_LIMIT)
+        yield box, url
+        box.stop(30)
+        assert box.exit_code() == 0, box.logs().stderr
+
+
+def ask_identity(url: str) -> dict:
+    """What the serving worker is, in its own words (INFERENCE's predict_fn)."""
+    answer = requests.post(f"{url}/invocations", data="{}", headers={"Content-Type": "application/json"},
+                           timeout=WAIT_LIMIT)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
 def status_of(pid: int) -> dict:
     fields = {}
     with open(f"/proc/{pid}/status") as handle:
@@ -189,15 +211,9 @@ def test_the_training_script_runs_unprivileged_and_its_model_is_kept(image, tmp_
 
 def test_serving_workers_and_nginx_run_unprivileged_and_pid1_keeps_only_what_it_needs(image, tmp_path):
     root = opt_ml(tmp_path / "ml", world_writable=False)
-    port = free_port()
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMSUPER_METRICS_PORT": "0"}
-    with containers.detached(image, ["serve"], env=env, extra=["-v", f"{root}:/opt/ml"]) as box:
-        url = f"http://127.0.0.1:{port}"
-        box.wait_for_ping(url, WAIT_LIMIT)
-        answer = requests.post(f"{url}/invocations", data="{}", headers={"Content-Type": "application/json"},
-                               timeout=WAIT_LIMIT)
-        assert answer.status_code == 200, answer.text
-        assert_unprivileged(answer.json(), answer.text)
+    with serving(image, root) as (box, url):
+        me = ask_identity(url)
+        assert_unprivileged(me, str(me))
 
         pid1 = box.host_pid()
         processes = [status_of(pid) for pid in descendants(pid1)]
@@ -209,8 +225,6 @@ def test_serving_workers_and_nginx_run_unprivileged_and_pid1_keeps_only_what_it_
         assert init["uid"] == 0
         assert init["cap_eff"] & ~INIT_KEEPS == 0, f"PID 1 keeps {init['cap_eff']:#x}"
         assert init["cap_eff"] & (1 << 5), "PID 1 lost CAP_KILL: it could not stop its workloads"
-        box.stop(30)
-        assert box.exit_code() == 0, box.logs().stderr
 
 
 # ---- an image with USER 1000 -----------------------------------------------------
@@ -229,17 +243,9 @@ def test_an_image_with_user_1000_trains(user_image, tmp_path):
 
 def test_an_image_with_user_1000_serves(user_image, tmp_path):
     root = opt_ml(tmp_path / "ml", world_writable=True)
-    port = free_port()
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMSUPER_METRICS_PORT": "0"}
-    with containers.detached(user_image, ["serve"], env=env, extra=["-v", f"{root}:/opt/ml"]) as box:
-        url = f"http://127.0.0.1:{port}"
-        box.wait_for_ping(url, WAIT_LIMIT)
-        answer = requests.post(f"{url}/invocations", data="{}", headers={"Content-Type": "application/json"},
-                               timeout=WAIT_LIMIT)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["uid"] == 1000 and answer.json()["no_new_privs"] == 1, answer.text
-        nginx = [status_of(pid) for pid in descendants(box.host_pid())]
-        assert any(p["name"] == "nginx" for p in nginx), nginx
-        assert all(p["uid"] == 1000 for p in nginx), nginx
-        box.stop(30)
-        assert box.exit_code() == 0, box.logs().stderr
+    with serving(user_image, root) as (box, url):
+        me = ask_identity(url)
+        assert me["uid"] == 1000 and me["cap_eff"] == 0 and me["no_new_privs"] == 1, str(me)
+        processes = [status_of(pid) for pid in descendants(box.host_pid())]
+        assert any(p["name"] == "nginx" for p in processes), processes
+        assert all(p["uid"] == 1000 for p in processes), processes
