@@ -458,36 +458,7 @@ def test_without_nginx_gunicorn_binds_the_port_and_says_so(serve):
     assert server.terminate() == 0
 
 
-SEED_PREDICTOR = """
-import os
-import flask
-
-class ScoringService:
-    model = None
-
-    @classmethod
-    def get_model(cls):
-        if cls.model is None:
-            with open(os.path.join(os.environ["SAGEMAKER_BASE_DIR"], "model", "factor.txt")) as handle:
-                factor = int(handle.read())
-            cls.model = lambda rows: [factor * len(row.split(",")) for row in rows]
-        return cls.model
-
-app = flask.Flask(__name__)
-
-@app.route("/ping", methods=["GET"])
-def ping():
-    health = ScoringService.get_model() is not None
-    return flask.Response(response="\\n", status=200 if health else 404, mimetype="application/json")
-
-@app.route("/invocations", methods=["POST"])
-def transformation():
-    if flask.request.content_type != "text/csv":
-        return flask.Response(response="This predictor only supports CSV data", status=415, mimetype="text/plain")
-    rows = flask.request.data.decode("utf-8").splitlines()
-    result = "\\n".join(str(n) for n in ScoringService.get_model()(rows))
-    return flask.Response(response=result, status=200, mimetype="text/csv")
-"""
+SEED_PREDICTOR = (Path(__file__).parent / "apps" / "seed_predictor.py").read_text()
 
 
 def test_style_b_seed_predictor_app(serve, tmp_path):

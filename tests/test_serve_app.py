@@ -484,35 +484,7 @@ def test_nginx_before_1_19_5_gets_no_e_flag(tmp_path):
 
 # ---- style B: the user's own WSGI app --------------------------------------------------------------
 
-SEED_PREDICTOR = """
-import flask
-
-prefix = "unused"
-
-class ScoringService:
-    model = None
-
-    @classmethod
-    def get_model(cls):
-        if cls.model is None:
-            cls.model = lambda rows: [len(row) for row in rows]   # loaded lazily, like the seed
-        return cls.model
-
-app = flask.Flask(__name__)
-
-@app.route("/ping", methods=["GET"])
-def ping():
-    health = ScoringService.get_model() is not None
-    return flask.Response(response="\\n", status=200 if health else 404, mimetype="application/json")
-
-@app.route("/invocations", methods=["POST"])
-def transformation():
-    if flask.request.content_type != "text/csv":
-        return flask.Response(response="This predictor only supports CSV data", status=415, mimetype="text/plain")
-    rows = flask.request.data.decode("utf-8").splitlines()
-    out = "\\n".join(str(n) for n in ScoringService.get_model()(rows))
-    return flask.Response(response=out, status=200, mimetype="text/csv")
-"""
+SEED_PREDICTOR = (Path(__file__).parent / "apps" / "seed_predictor.py").read_text()
 
 
 def user_app_service(tmp_path: Path, source: str, spec: str = "predictor:app") -> UserAppService:
@@ -532,14 +504,17 @@ def user_app_service(tmp_path: Path, source: str, spec: str = "predictor:app") -
     return service
 
 
-def test_seed_style_predictor_app(tmp_path):
+def test_seed_style_predictor_app(tmp_path, monkeypatch):
+    (tmp_path / "ml" / "model").mkdir(parents=True)
+    (tmp_path / "ml" / "model" / "factor.txt").write_text("10")
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path / "ml"))
     service = user_app_service(tmp_path, SEED_PREDICTOR)
     assert service.ready
     from werkzeug.test import Client
 
     client = Client(service)
     response = client.post("/invocations", data="a,b\nc,d,e\n", content_type="text/csv")
-    assert response.status_code == 200 and response.get_data() == b"3\n5"
+    assert response.status_code == 200 and response.get_data() == b"20\n30"
     assert client.get("/ping").status_code == 200
     # No route of its own: smsuper's answer.
     assert json.loads(client.get("/execution-parameters").get_data())["MaxConcurrentTransforms"] == 3
