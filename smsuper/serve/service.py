@@ -23,14 +23,15 @@ from .runtime import RuntimeDir
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
 
-class ModelService:
+class LoadState:
+    """What both kinds of user code share: the state, the reason it failed, and
+    the status /ping shows while it is not ready (ping-status.json)."""
+
     def __init__(self, config: ServeConfig, runtime: Optional[RuntimeDir] = None):
         self.config = config
         self.runtime = runtime
         self.state = LOADING
         self.failure = ""
-        self.handlers: Optional[Handlers] = None
-        self.model: Any = None
 
     @property
     def ready(self) -> bool:
@@ -42,6 +43,15 @@ class ModelService:
                 readiness.write_status(self.runtime, status, message)
             except OSError:
                 pass
+
+
+class ModelService(LoadState):
+    """Handler functions (style A): the module, its model, and the request path through them."""
+
+    def __init__(self, config: ServeConfig, runtime: Optional[RuntimeDir] = None):
+        super().__init__(config, runtime)
+        self.handlers: Optional[Handlers] = None
+        self.model: Any = None
 
     def load(self) -> None:
         self._status(LOADING, "the model is loading")

@@ -30,7 +30,7 @@ from . import readiness
 from .config import ServeConfig
 from .handlers import code_directories
 from .runtime import RuntimeDir
-from .service import FAILED, LOADING, READY
+from .service import FAILED, LOADING, READY, LoadState
 
 PROBE_INTERVAL = 1.0
 
@@ -75,28 +75,14 @@ def probe_ping(app: Any) -> Tuple[bool, str]:
     return False, f"the app's /ping answered {status}"
 
 
-class UserAppService:
+class UserAppService(LoadState):
     """Load state and WSGI entry point for a user's app; same face as ModelService."""
 
     def __init__(self, config: ServeConfig, runtime: Optional[RuntimeDir] = None,
                  should_stop: Callable[[], bool] = lambda: False):
-        self.config = config
-        self.runtime = runtime
+        super().__init__(config, runtime)
         self.should_stop = should_stop
-        self.state = LOADING
-        self.failure = ""
         self.app: Any = None
-
-    @property
-    def ready(self) -> bool:
-        return self.state == READY
-
-    def _status(self, status: str, message: str) -> None:
-        if self.runtime is not None:
-            try:
-                readiness.write_status(self.runtime, status, message)
-            except OSError:
-                pass
 
     def _log_once(self, message: str) -> None:
         if self.runtime is None or readiness.first_to_report(self.runtime, message):
