@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -127,6 +126,10 @@ def write_status(runtime: RuntimeDir, status: str, message: str) -> None:
 
 def first_to_report(runtime: RuntimeDir, message: str) -> bool:
     """True for exactly one caller per distinct message across all processes."""
+    # Imported here, not at the top: PID 1 imports this module, and hashlib maps OpenSSL's
+    # libcrypto (about 3.5 MB of PID 1's RSS) although only a worker whose model failed hashes.
+    import hashlib
+
     digest = hashlib.sha256(message.encode("utf-8", "replace")).hexdigest()[:16]
     try:
         os.close(os.open(os.path.join(runtime.elections, digest),
