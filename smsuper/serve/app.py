@@ -17,6 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .. import log
+from ..metrics.serving import record_phases
 from .context import Context
 from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
@@ -78,6 +79,7 @@ def create_app(service: ModelService) -> Flask:
             return json_error(error.status, error.message, {"Retry-After": "1"})
         except Exception as error:
             return _error_response(error)
+        record_phases(context.phase_seconds)
         if isinstance(answer, tuple):
             payload, content_type = answer
             response = Response(payload, status=200, content_type=content_type)

@@ -10,7 +10,7 @@ value)) are there too, so handlers written for it keep working.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -26,6 +26,8 @@ class Context:
         self.content_type = content_type  # without parameters, lower-case
         self.accept = accept  # the type chosen for the response
         self.response_headers: Dict[str, str] = {}
+        # (phase, seconds) of a finished invocation, for the metrics (metrics/serving.py).
+        self.phase_seconds: Tuple[Tuple[str, float], ...] = ()
 
     # ---- request ---------------------------------------------------------------
     @property

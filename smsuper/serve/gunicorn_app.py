@@ -29,13 +29,15 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
 from .. import log, settings
+from ..metrics import serving as serving_metrics
 from . import readiness
 from .config import ServeConfig, resolve
 from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
@@ -137,6 +139,11 @@ class DrainingArbiter(Arbiter):
         self.cfg.set("graceful_timeout", max(1, int(left)))
         raise StopIteration
 
+    def stop(self, graceful: bool = True) -> None:
+        # Workers reaped from here on are not replaced: not restarts (metrics).
+        self.smsuper_stopping = True
+        super().stop(graceful)
+
 
 def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def post_fork(server: Any, worker: Any) -> None:
@@ -155,8 +162,32 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         if _service is not None and _service.ready and os.getppid() == worker.ppid:
             readiness.mark_ready(runtime, os.getpid())
 
+    exited: Deque[Tuple[Any, bool]] = deque()
+    busy = [False]
+
+    def settle_exits() -> None:
+        # gunicorn calls child_exit from its SIGCHLD handler, which can interrupt an
+        # earlier child_exit holding a flock (readiness, metrics compaction): taking
+        # it again would deadlock the master. So only the outermost call does the work.
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            while exited:
+                worker, replaced = exited.popleft()
+                readiness.mark_gone(runtime, worker.pid)
+                # `aborted`: the master sent SIGABRT because the worker's request ran past its timeout.
+                serving_metrics.worker_exited(worker.pid, timed_out=bool(getattr(worker, "aborted", False)),
+                                              replaced=replaced)
+        finally:
+            busy[0] = False
+
     def child_exit(server: Any, worker: Any) -> None:
-        readiness.mark_gone(runtime, worker.pid)
+        exited.append((worker, not getattr(server, "smsuper_stopping", False)))
+        settle_exits()
+
+    def pre_fork(server: Any, worker: Any) -> None:
+        settle_exits()  # an exit queued just as the outer call finished
 
     def worker_exit(server: Any, worker: Any) -> None:
         readiness.mark_gone(runtime, os.getpid())
@@ -169,7 +200,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def on_exit(server: Any) -> None:
         readiness.clear(runtime)
 
-    return {"post_fork": post_fork, "post_worker_init": post_worker_init, "child_exit": child_exit,
+    return {"pre_fork": pre_fork, "post_fork": post_fork, "post_worker_init": post_worker_init, "child_exit": child_exit,
             "worker_exit": worker_exit, "worker_abort": worker_abort, "on_exit": on_exit}
 
 
@@ -182,28 +213,34 @@ def build_wsgi(config: ServeConfig, runtime: Optional[RuntimeDir],
                should_stop: Any = lambda: False) -> Any:
     """Load the user's code in this process and return the WSGI app that serves it."""
     global _service
+    began = time.perf_counter()
     if config.app:
         from .user_app import UserAppService
 
         service = UserAppService(config, runtime, should_stop)
         service.load()
-        _service = service
-        return service
-    from .app import create_app
-    from .service import ModelService
+        app = service
+    else:
+        from .app import create_app
+        from .service import ModelService
 
-    model = ModelService(config, runtime)
-    model.load()
-    _service = model
-    return create_app(model)
+        service = ModelService(config, runtime)
+        service.load()
+        app = create_app(service)
+    if service.ready:
+        serving_metrics.model_loaded(time.perf_counter() - began)
+    _service = service
+    return serving_metrics.wrap(app)
 
 
 class ServeApplication(BaseApplication):
-    def __init__(self, config: ServeConfig, runtime: RuntimeDir, bind: str, nginx_pidfile: Optional[str]):
+    def __init__(self, config: ServeConfig, runtime: RuntimeDir, bind: str, nginx_pidfile: Optional[str],
+                 metrics_dir: Optional[str] = None):
         self.config = config
         self.runtime = runtime
         self.bind = bind
         self.nginx_pidfile = nginx_pidfile
+        self.metrics_dir = metrics_dir
         super().__init__()
 
     def options(self) -> Dict[str, Any]:
@@ -232,6 +269,8 @@ class ServeApplication(BaseApplication):
         return options
 
     def load_config(self) -> None:
+        # Before the app loads (preload) and before any worker forks, so every process records.
+        serving_metrics.install(self.metrics_dir)
         for key, value in self.options().items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
@@ -252,8 +291,10 @@ def main(args: List[str]) -> int:
     parser.add_argument("--bind", required=True, help="unix:PATH, or HOST:PORT without nginx")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--nginx-pidfile", default=None, help="drain until this nginx has exited on SIGTERM")
+    parser.add_argument("--metrics-dir", default=None, help="record request metrics here (multiprocess mode)")
     options = parser.parse_args(args)
     log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
     config = resolve(workers=options.workers)
-    ServeApplication(config, RuntimeDir(options.runtime_dir), options.bind, options.nginx_pidfile).run()
+    ServeApplication(config, RuntimeDir(options.runtime_dir), options.bind, options.nginx_pidfile,
+                     options.metrics_dir).run()
     return 0

@@ -25,6 +25,7 @@ from .. import log, selfcmd, settings
 from ..init import capabilities, privileges
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
+from ..metrics import port as metrics_port
 from ..titles import set_title
 from . import nginx, readiness, requirements
 from . import runtime as runtime_dir
@@ -60,8 +61,12 @@ def _nginx_credentials(credentials: Credentials) -> Credentials:
 
 
 class ServeJob:
-    def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload):
+    def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload,
+                 metrics_port: Optional[int] = None):
         self.config = config
+        self.metrics_port = metrics_port
+        self.metrics_dir: Optional[str] = None  # set once the metrics endpoint listens
+        self.stub_status = False
         self.code_dir = code_dir
         # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
         self.credentials = account.credentials
@@ -84,6 +89,8 @@ class ServeJob:
             bind, drain = f"0.0.0.0:{self.config.port}", []
         argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind,
                                  "--workers", str(self.config.workers), *drain)
+        if self.metrics_dir:
+            argv += ["--metrics-dir", self.metrics_dir]
         env = self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
         return ChildSpec(role="gunicorn", argv=argv, env=env, credentials=self.credentials, relay=True,
                          stop_signal=signal.SIGTERM, restart=True)
@@ -95,13 +102,38 @@ class ServeJob:
         as_root = _names(uid, gid) if uid == 0 else None
         workers = max(1, min(MAX_NGINX_WORKERS, default_workers() // 2))
         with open(self.runtime.nginx_conf, "w") as handle:
-            handle.write(nginx.render(self.config, self.runtime, version, workers, as_root))
+            handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
+                                      stub_status=self.stub_status))
+        self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
                                          settings.value("SMSUPER_LOG_FORMAT") == "json")
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
                          restart=True)
+
+    def _start_metrics(self) -> None:
+        """PID 1's endpoint, fed by gunicorn's multiprocess files and nginx's stub_status."""
+        if self.metrics_port is None:
+            return
+        from .. import metrics
+        from ..metrics import multiproc, nginx_status
+
+        directory = self.runtime.metrics_dir
+        multiproc.prepare(directory, self.owner)
+        collectors = [multiproc.collector(directory)]
+        if self.nginx_binary and nginx.has_stub_status(self.nginx_binary):
+            self.stub_status = True
+            collectors.append(nginx_status.collector(self.runtime.nginx_status))
+        if metrics.start(self.supervisor, collectors, listen_port=self.metrics_port) is not None:
+            self.metrics_dir = directory
+
+    def _remove_status_socket(self) -> None:
+        # A killed nginx leaves its unix socket behind, and the next one could not bind it.
+        try:
+            os.unlink(self.runtime.nginx_status)
+        except FileNotFoundError:
+            pass
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
@@ -154,6 +186,7 @@ class ServeJob:
                                        f"the model server exited ({status.describe()}) and is restarting")
         elif role == "nginx":
             self._stop_orphaned_nginx_workers()
+            self._remove_status_socket()
 
     def _stop_orphaned_nginx_workers(self) -> None:
         """nginx workers outlive a killed master and keep the port: ask them to finish and go."""
@@ -169,6 +202,7 @@ class ServeJob:
                 pass
 
     def run(self) -> int:
+        self._start_metrics()  # before PID 1 drops its capabilities: the port may be below 1024
         self.start()
         privileges.restrict_init()
         code = self.supervisor.run()
@@ -193,6 +227,7 @@ def main(args: List[str]) -> int:
         log.error(str(error))
         return CONFIG_ERROR
     config = resolve()
+    listen = metrics_port.choose(config.port)  # a clash with the serving port stops the job here (exit 2)
     code_dir = None
     if not config.app:
         try:
@@ -207,4 +242,4 @@ def main(args: List[str]) -> int:
     log.info(f"serving on port {config.port}: {config.workers} worker(s)"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
-    return ServeJob(config, code_dir, account).run()
+    return ServeJob(config, code_dir, account, listen).run()

@@ -69,6 +69,16 @@ def argv(binary: str, runtime: RuntimeDir, nginx_version: Version) -> List[str]:
     return command
 
 
+def has_stub_status(binary: str) -> bool:
+    """Whether this nginx was built with the stub_status module (`nginx -V` lists its configure flags)."""
+    try:
+        out = subprocess.run([binary, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return b"http_stub_status_module" in out
+
+
 def worker_connections() -> int:
     """As many as the open-files limit allows (each proxied request holds two fds)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -84,7 +94,8 @@ def _json_text(message: str) -> str:
 
 
 def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, worker_processes: int,
-           root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn") -> str:
+           root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn",
+           stub_status: bool = False) -> str:
     """nginx.conf. `root_workers_as` (user, group): when nginx starts as root, its
     workers would otherwise become `nobody`, who cannot enter the runtime directory."""
     # One buffer more than the limit: a chunked body of exactly the limit then
@@ -112,6 +123,20 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
     died = _json_text("the model server failed this request: its worker died or the server is restarting")
     not_found = _json_text("no such route: use /ping, /invocations or /execution-parameters")
+    # nginx's figures for PID 1's metrics endpoint: on a unix socket in the runtime
+    # directory, so nothing outside the container reaches them and no port is taken.
+    status_server = f"""
+    server {{
+        listen unix:{runtime.nginx_status};
+        access_log off;
+        location = /stub_status {{
+            stub_status;
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+""" if stub_status else ""
     return f"""# Written by smsuper serve at every start; edits are lost.
 {user}worker_processes {worker_processes};
 pid {runtime.nginx_pid};
@@ -193,5 +218,5 @@ http {{
             return 502 {died};
         }}
     }}
-}}
+{status_server}}}
 """

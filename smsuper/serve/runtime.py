@@ -63,6 +63,16 @@ class RuntimeDir:
         return self._path("ping-status.json")
 
     @property
+    def metrics_dir(self) -> str:
+        """prometheus_client's multiprocess files of the gunicorn processes (metrics/multiproc.py)."""
+        return self._path("metrics")
+
+    @property
+    def nginx_status(self) -> str:
+        """A unix socket where nginx serves its stub_status to PID 1 alone."""
+        return self._path("nginx-status.sock")
+
+    @property
     def elections(self) -> str:
         """Marker files created with O_EXCL so one process of many logs a shared failure."""
         return self._path("logged.d")

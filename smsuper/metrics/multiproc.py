@@ -1,0 +1,348 @@
+"""prometheus_client's multiprocess files: merged by PID 1 at each scrape,
+compacted by the gunicorn master as workers die.
+
+Every gunicorn process writes its metrics into its own memory-mapped files
+in PROMETHEUS_MULTIPROC_DIR, named `<type>_<pid>.db` (gauges:
+`gauge_<mode>_<pid>.db`). The format is prometheus_client 0.26's
+(mmap_dict.py): a native int `used`, 4 bytes of padding, then entries of
+(int key length, the key's JSON [metric, sample, labels, help] padded to 8
+bytes, double value, double timestamp). It is read here without importing
+prometheus_client, which would cost PID 1 about 10 MB of RSS.
+
+Why compaction: the library keeps one file per process forever, so after
+thousands of worker restarts (max_requests) every scrape would read
+thousands of files. Whenever a worker has died, the master folds the files
+of every process that is gone into one archive per file kind
+(`counter_archive.db`, ...) and deletes them; values of a `live*` gauge or an
+`all` gauge describe a living process and are simply dropped. The fold and
+the deletion happen under an exclusive flock on `.lock`; PID 1 reads under a
+shared one, so a scrape counts a dead worker exactly once: in its own files
+or in the archive, never in both and never in neither.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import struct
+import time
+
+from .exposition import Family, gauge
+
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Optional, Tuple
+
+    Entry = Tuple[str, float, float]
+
+LOCK_FILE = ".lock"
+ARCHIVE = "archive"
+_USED = struct.Struct("i")
+_VALUE = struct.Struct("dd")
+# Kinds of file whose values outlive their process, and how two of them combine.
+_KEEP_WHEN_DEAD = {
+    "counter": "sum",
+    "histogram": "sum",
+    "summary": "sum",
+    "gauge_sum": "sum",
+    "gauge_min": "min",
+    "gauge_max": "max",
+    "gauge_mostrecent": "mostrecent",
+}
+_SHARED_LOCK_WAIT = 0.2  # seconds PID 1 waits for a compaction to finish before reading anyway
+
+
+# ---- the file format --------------------------------------------------------------
+
+def read_entries(path: str) -> List[Entry]:
+    """(key, value, timestamp) of every entry; raises FileNotFoundError when gone."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 8:
+        return []
+    used = min(_USED.unpack_from(data, 0)[0], len(data))
+    entries = []
+    position = 8
+    while position + 4 <= used:
+        length = _USED.unpack_from(data, position)[0]
+        position += 4
+        if length <= 0 or position + length > used:
+            break  # a worker is appending this entry right now, or the file is damaged
+        key = data[position:position + length].decode("utf-8", "replace")
+        position += length + (8 - (length + 4) % 8)
+        if position + 16 > used:
+            break
+        value, timestamp = _VALUE.unpack_from(data, position)
+        position += 16
+        entries.append((key, value, timestamp))
+    return entries
+
+
+def encode_entries(entries: Iterable[Entry]) -> bytes:
+    body = []
+    used = 8
+    for key, value, timestamp in entries:
+        encoded = key.encode("utf-8")
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        record = _USED.pack(len(encoded)) + padded + _VALUE.pack(value, timestamp)
+        body.append(record)
+        used += len(record)
+    return _USED.pack(used) + b"\0\0\0\0" + b"".join(body)
+
+
+def write_entries(path: str, entries: Iterable[Entry]) -> None:
+    """Replace `path` atomically (the temporary name does not end in .db, so no reader lists it)."""
+    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(encode_entries(entries))
+    os.replace(temporary, path)
+
+
+def parse_name(name: str) -> Optional[Tuple[str, str, str]]:
+    """`counter_12.db` -> ("counter", "", "12"); `gauge_livesum_12.db` -> ("gauge", "livesum", "12")."""
+    if not name.endswith(".db") or name.startswith("."):
+        return None
+    parts = name[:-3].split("_")
+    if parts[0] == "gauge" and len(parts) == 3:
+        return "gauge", parts[1], parts[2]
+    if parts[0] in ("counter", "histogram", "summary") and len(parts) == 2:
+        return parts[0], "", parts[1]
+    return None
+
+
+def _kind(kind: str, mode: str) -> str:
+    return f"gauge_{mode}" if kind == "gauge" else kind
+
+
+# ---- locking ------------------------------------------------------------------------
+
+class DirectoryLock:
+    """flock on the directory's .lock file: shared for readers, exclusive for the compactor."""
+
+    def __init__(self, directory: str, exclusive: bool):
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.exclusive = exclusive
+        self.fd = -1
+        self.held = False
+
+    def __enter__(self) -> "DirectoryLock":
+        try:
+            flags = os.O_RDWR | os.O_CREAT if self.exclusive else os.O_RDONLY
+            self.fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return self  # no lock file (made by someone else's hand): read without it
+        if self.exclusive:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.held = True
+            return self
+        # PID 1 must not hang behind a compactor that was stopped mid-way:
+        # compactions take milliseconds, so wait a little, then read anyway.
+        deadline = time.monotonic() + _SHARED_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                self.held = True
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return self
+                time.sleep(0.002)
+
+    def __exit__(self, *_exc) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the lock
+
+
+def prepare(directory: str, owner: Optional[Tuple[int, int]] = None) -> None:
+    """A fresh, empty directory for one run (files of an earlier run would add to this one's counts)."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock = os.path.join(directory, LOCK_FILE)
+    os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    if owner is not None:
+        os.chown(directory, *owner)
+        os.chown(lock, *owner)
+
+
+# ---- reading and merging (PID 1, at scrape time) ------------------------------------------
+
+_keys: Dict[str, Tuple[str, str, Tuple[Tuple[str, str], ...], str]] = {}
+
+
+def _parse_key(key: str) -> Tuple[str, str, Tuple[Tuple[str, str], ...], str]:
+    parsed = _keys.get(key)
+    if parsed is None:
+        metric, sample, labels, help_text = json.loads(key)
+        parsed = (metric, sample, tuple(sorted((str(k), str(v)) for k, v in labels.items())), help_text)
+        if len(_keys) > 20000:  # label values nobody bounded: do not grow forever
+            _keys.clear()
+        _keys[key] = parsed
+    return parsed
+
+
+class _Merged:
+    """One metric's samples summed (or min/max/most recent) over every file."""
+
+    __slots__ = ("kind", "mode", "help", "values", "stamps", "buckets")
+
+    def __init__(self, kind: str, mode: str, help_text: str):
+        self.kind = kind
+        self.mode = mode
+        self.help = help_text
+        self.values: Dict[Tuple[str, tuple], float] = {}
+        self.stamps: Dict[Tuple[str, tuple], float] = {}
+        self.buckets: Dict[tuple, Dict[str, float]] = {}
+
+    def add(self, sample: str, labels: tuple, value: float, timestamp: float, pid: str) -> None:
+        if self.kind == "histogram" and sample.endswith("_bucket"):
+            le = dict(labels).get("le", "+Inf")
+            rest = tuple(item for item in labels if item[0] != "le")
+            per_bound = self.buckets.setdefault(rest, {})
+            per_bound[le] = per_bound.get(le, 0.0) + value
+            return
+        mode = self.mode[4:] if self.mode.startswith("live") else self.mode
+        if self.kind == "gauge" and mode == "all":
+            labels = labels + (("pid", pid),)
+        series = (sample, labels)
+        current = self.values.get(series)
+        if self.kind != "gauge" or mode == "sum":
+            self.values[series] = value + (current or 0.0)
+        elif current is None:
+            self.values[series] = value
+            self.stamps[series] = timestamp
+        elif mode == "min":
+            self.values[series] = min(current, value)
+        elif mode == "max":
+            self.values[series] = max(current, value)
+        elif mode == "mostrecent" and timestamp > self.stamps.get(series, 0.0):
+            self.values[series] = value
+            self.stamps[series] = timestamp
+
+    def family(self, metric: str) -> Family:
+        name = metric + "_total" if self.kind == "counter" else metric
+        family = Family(name, self.kind, self.help)
+        for (sample, labels), value in sorted(self.values.items()):
+            if not sample.startswith(name):
+                continue  # e.g. a counter's _created, which multiprocess mode does not keep anyway
+            family.add_labels(value, labels, sample[len(name):])
+        for labels, per_bound in sorted(self.buckets.items()):
+            total = 0.0
+            for le, count in sorted(per_bound.items(), key=lambda item: float(item[0])):
+                total += count
+                family.add_labels(total, labels + (("le", le),), "_bucket")
+            family.add_labels(total, labels, "_count")
+        return family
+
+
+def _files(directory: str) -> List[Tuple[str, Tuple[str, str, str]]]:
+    found = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        parsed = parse_name(name)
+        if parsed is not None:
+            found.append((name, parsed))
+    found.sort()
+    return found
+
+
+def collect_directory(directory: str) -> Tuple[List[Family], int]:
+    """Every metric in `directory`, merged over processes, and the number of files read."""
+    merged: Dict[str, _Merged] = {}
+    with DirectoryLock(directory, exclusive=False):
+        files = _files(directory)
+        contents = []
+        for name, parsed in files:
+            if parsed[1].startswith("live") and not _alive(parsed[2]):
+                continue  # a dead worker's live gauge, not yet compacted away
+            try:
+                contents.append((parsed, read_entries(os.path.join(directory, name))))
+            except FileNotFoundError:
+                continue  # a live gauge removed as its worker died
+    for (kind, mode, pid), entries in contents:
+        for key, value, timestamp in entries:
+            metric, sample, labels, help_text = _parse_key(key)
+            target = merged.get(metric)
+            if target is None:
+                target = merged[metric] = _Merged(kind, mode, help_text)
+            target.add(sample, labels, value, timestamp, pid)
+    families = [merged[metric].family(metric) for metric in sorted(merged)]
+    return families, len(files)
+
+
+# ---- compaction (the gunicorn master, after a worker died) -------------------------------
+
+def _alive(pid: str) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _combine(how: str, current: Optional[List[float]], value: float, timestamp: float) -> List[float]:
+    if current is None:
+        return [value, timestamp]
+    if how == "sum":
+        current[0] += value
+    elif how == "min":
+        current[0] = min(current[0], value)
+    elif how == "max":
+        current[0] = max(current[0], value)
+    elif timestamp > current[1]:  # mostrecent
+        current[0], current[1] = value, timestamp
+    return current
+
+
+def compact(directory: str, keep_pids: Iterable[int] = ()) -> int:
+    """Fold the files of every process that is gone into the archives; returns how many
+    processes were folded. `keep_pids` are alive whatever /proc says (the caller itself)."""
+    keep = {str(pid) for pid in keep_pids}
+    with DirectoryLock(directory, exclusive=True):
+        dead: Dict[str, List[str]] = {}  # file kind -> names
+        doomed: List[str] = []
+        pids = set()
+        for name, (kind, mode, pid) in _files(directory):
+            if pid == ARCHIVE or pid in keep or _alive(pid):
+                continue
+            pids.add(pid)
+            doomed.append(name)
+            if _kind(kind, mode) in _KEEP_WHEN_DEAD:
+                dead.setdefault(_kind(kind, mode), []).append(name)
+        for file_kind, names in dead.items():
+            how = _KEEP_WHEN_DEAD[file_kind]
+            archive = os.path.join(directory, f"{file_kind}_{ARCHIVE}.db")
+            values: Dict[str, List[float]] = {}
+            for path in [archive] + [os.path.join(directory, name) for name in names]:
+                try:
+                    entries = read_entries(path)
+                except FileNotFoundError:
+                    continue
+                for key, value, timestamp in entries:
+                    if not math.isnan(value):
+                        values[key] = _combine(how, values.get(key), value, timestamp)
+            write_entries(archive, ((key, v, t) for key, (v, t) in values.items()))
+        for name in doomed:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return len(pids)
+
+
+def collector(directory: str):
+    """A collector of everything gunicorn's processes recorded in `directory`."""
+
+    def collect() -> List[Family]:
+        families, count = collect_directory(directory)
+        files = gauge("multiprocess_files", "prometheus_client files read for this scrape: the living "
+                                            "processes' own and the archives of dead ones.")
+        files.add(count)
+        return families + [files]
+
+    return collect

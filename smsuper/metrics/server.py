@@ -1,0 +1,172 @@
+"""The metrics endpoint: a tiny HTTP/1.1 server running inside PID 1's loop.
+
+PID 1 must stay single-threaded (spawn runs Python between fork and exec),
+so there is no http.server thread: the listening socket and each connection
+are non-blocking and registered with the supervisor's selector. A
+connection is read until the end of its request head, answered, and closed
+(`Connection: close`: Prometheus reconnects each scrape, which costs it
+nothing and keeps this side stateless). Idle or slow clients are dropped
+after IDLE_TIMEOUT, and at most MAX_CONNECTIONS are open at once, so a
+misbehaving client can neither hold PID 1's memory nor its loop. Nothing
+runs while nobody scrapes: no timer, no polling.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .. import log
+from .exposition import CONTENT_TYPE
+
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Callable, Dict
+
+MAX_REQUEST_HEAD = 8192
+MAX_CONNECTIONS = 16
+IDLE_TIMEOUT = 10.0
+PATH = "/metrics"
+
+
+def listen(port: int) -> socket.socket:
+    """A non-blocking listening socket on every address, IPv6 and IPv4 when the host has both."""
+    try:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("::", port))
+        except OSError:
+            listener.close()
+            raise
+    except OSError:  # no IPv6 in this container
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("0.0.0.0", port))
+        except OSError:
+            listener.close()
+            raise
+    listener.listen(64)
+    listener.setblocking(False)
+    return listener
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              head_only: bool = False, extra: str = "") -> bytes:
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n")
+    return head.encode("latin-1") + (b"" if head_only else body)
+
+
+class MetricsServer:
+    """Serves `render()` at /metrics on `port`; `loop` is the Supervisor (add_reader, add_writer, call_later)."""
+
+    def __init__(self, loop, port: int, render: Callable[[], bytes]):
+        self.loop = loop
+        self.render = render
+        self.listener = listen(port)
+        self.port = self.listener.getsockname()[1]
+        self.connections: Dict[int, _Connection] = {}
+        loop.add_reader(self.listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and the like: try again on the next wake-up
+                log.debug(f"metrics endpoint: accept failed: {error}")
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                sock.close()
+                continue
+            connection = _Connection(self, sock)
+            self.connections[connection.fd] = connection
+
+    def answer(self, head: bytes) -> bytes:
+        """The whole response to one request head."""
+        words = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1").split()
+        if len(words) < 2:
+            return _response("400 Bad Request", b"bad request\n")
+        method, path = words[0], words[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return _response("405 Method Not Allowed", b"GET or HEAD only\n", extra="Allow: GET, HEAD\r\n")
+        if path != PATH:
+            return _response("404 Not Found", f"the metrics are at {PATH}\n".encode())
+        try:
+            body = self.render()
+        except Exception as error:  # a bug in a collector must not take PID 1 down
+            log.warning(f"metrics endpoint: rendering failed: {type(error).__name__}: {error}")
+            return _response("500 Internal Server Error", b"rendering the metrics failed\n")
+        return _response("200 OK", body, CONTENT_TYPE, head_only=method == "HEAD")
+
+    def forget(self, connection: "_Connection") -> None:
+        self.connections.pop(connection.fd, None)
+
+
+class _Connection:
+    def __init__(self, server: MetricsServer, sock: socket.socket):
+        sock.setblocking(False)
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.received = b""
+        self.outgoing = memoryview(b"")
+        self.writing = False
+        self.closed = False
+        server.loop.add_reader(self.fd, self._readable)
+        self.timer = server.loop.call_later(IDLE_TIMEOUT, self.close)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.received += data
+        end = self.received.find(b"\r\n\r\n")
+        if end < 0:
+            end = self.received.find(b"\n\n")
+        if end < 0:
+            if len(self.received) > MAX_REQUEST_HEAD:
+                self._send(_response("431 Request Header Fields Too Large", b"request head too large\n"))
+            return
+        self._send(self.server.answer(self.received[:end]))
+
+    def _send(self, response: bytes) -> None:
+        self.server.loop.remove_reader(self.fd)  # the request body, if any, is not needed
+        self.outgoing = memoryview(response)
+        self._writable()
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.outgoing = self.outgoing[sent:]
+        if not self.outgoing:
+            self.close()
+        elif not self.writing:
+            self.writing = True
+            self.server.loop.add_writer(self.fd, self._writable)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.timer.cancel()
+        self.server.loop.remove_reader(self.fd)  # removes a writer watch as well
+        self.server.forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,149 @@
+"""The serving metrics, recorded inside the gunicorn processes.
+
+Every gunicorn process (master and workers) writes its figures with
+prometheus_client's multiprocess mode into the run's directory
+(PROMETHEUS_MULTIPROC_DIR, made fresh by PID 1 at every start); PID 1 merges
+them at scrape time (multiproc.py) without importing prometheus_client.
+
+  workers: requests by route and status code, request latency, the latency of
+           each phase of an invocation (input, predict, output; `transform`
+           for a transform_fn), requests in flight, model load seconds;
+  master:  worker restarts and worker timeouts, seen when it reaps a worker
+           (child_exit); it also folds the files of dead workers into
+           archives there, so a scrape reads a bounded number of files
+           however many workers have come and gone.
+
+Nothing is recorded unless install() ran (PID 1 passes --metrics-dir to the
+gunicorn master only when its endpoint listens). The request path costs a
+few microseconds: labelled children are looked up once and cached.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from . import multiproc
+
+# Bounded label values: the platform's routes, everything else is "other".
+ROUTES = {"/ping": "/ping", "/invocations": "/invocations", "/execution-parameters": "/execution-parameters"}
+OTHER_ROUTE = "other"
+# From a millisecond to the longest SAGEMAKER_MODEL_SERVER_TIMEOUT anyone uses.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   float("inf"))
+
+_state: Optional["_Metrics"] = None
+
+
+class _Metrics:
+    def __init__(self, directory: str):
+        self.directory = directory
+        # prometheus_client picks its value class when it is first imported: the
+        # directory must be in the environment by then.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("smsuper_http_requests", "HTTP requests answered by the gunicorn workers, "
+                                "by route and status code.", ["route", "code"])
+        self.latency = Histogram("smsuper_http_request_duration_seconds", "Seconds a worker took to produce "
+                                 "the response, by route.", ["route"], buckets=LATENCY_BUCKETS)
+        self.phases = Histogram("smsuper_invocation_phase_duration_seconds", "Seconds of each phase of a "
+                                "successful /invocations: input (input_fn), predict (predict_fn), output "
+                                "(output_fn), or transform (transform_fn).", ["phase"], buckets=LATENCY_BUCKETS)
+        self.in_flight = Gauge("smsuper_http_requests_in_flight", "Requests the workers are handling right now.",
+                               multiprocess_mode="livesum")
+        self.load_seconds = Gauge("smsuper_model_load_seconds", "Seconds the most recent model load took "
+                                  "(model_fn, or importing and first probing SMSUPER_APP).",
+                                  multiprocess_mode="mostrecent")
+        self.restarts = Counter("smsuper_worker_restarts", "gunicorn workers that exited and were replaced "
+                                "(max requests, crashes, timeouts).")
+        self.timeouts = Counter("smsuper_worker_timeouts", "gunicorn workers killed because a request ran "
+                                "past the worker timeout.")
+        self._counted: Dict[Tuple[str, str], Any] = {}
+        self._timed = {route: self.latency.labels(route) for route in (*ROUTES.values(), OTHER_ROUTE)}
+        self._phase = {}
+
+    def count(self, route: str, code: str) -> Any:
+        child = self._counted.get((route, code))
+        if child is None:
+            child = self._counted[(route, code)] = self.requests.labels(route, code)
+        return child
+
+    def phase(self, name: str) -> Any:
+        child = self._phase.get(name)
+        if child is None:
+            child = self._phase[name] = self.phases.labels(name)
+        return child
+
+
+def install(directory: Optional[str]) -> None:
+    """In the gunicorn master, before the app loads and workers fork: start recording."""
+    global _state
+    if not directory:
+        return
+    _state = _Metrics(directory)
+    # A master restarted by PID 1 finds its predecessors' files: fold them now.
+    multiproc.compact(directory, keep_pids=[os.getpid()])
+
+
+def enabled() -> bool:
+    return _state is not None
+
+
+class RequestMetrics:
+    """WSGI middleware: counts and times every request a worker answers."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        metrics = _state
+        if metrics is None:
+            return self.app(environ, start_response)
+        route = ROUTES.get(environ.get("PATH_INFO", ""), OTHER_ROUTE)
+        status = ["500"]  # what gunicorn answers when the app raises
+
+        def capture(line: str, headers: list, *exc_info: Any) -> Callable:
+            status[0] = line[:3]
+            return start_response(line, headers, *exc_info)
+
+        metrics.in_flight.inc()
+        began = time.perf_counter()
+        try:
+            return self.app(environ, capture)
+        finally:
+            elapsed = time.perf_counter() - began
+            metrics.in_flight.dec()
+            metrics.count(route, status[0]).inc()
+            metrics._timed[route].observe(elapsed)
+
+
+def wrap(app: Callable) -> Callable:
+    return RequestMetrics(app) if _state is not None else app
+
+
+def record_phases(phases: Optional[Iterable[Tuple[str, float]]]) -> None:
+    if _state is None or not phases:
+        return
+    for name, seconds in phases:
+        _state.phase(name).observe(seconds)
+
+
+def model_loaded(seconds: float) -> None:
+    if _state is not None:
+        _state.load_seconds.set(seconds)
+
+
+def worker_exited(pid: int, timed_out: bool, replaced: bool) -> None:
+    """In the master, when it has reaped worker `pid`."""
+    if _state is None:
+        return
+    if timed_out:
+        _state.timeouts.inc()
+    if replaced:
+        _state.restarts.inc()
+    try:
+        multiproc.compact(_state.directory, keep_pids=[os.getpid()])
+    except OSError:
+        pass  # the next exit compacts again; a scrape still reads the files meanwhile
