@@ -50,6 +50,11 @@ def format_line(level: str, message: str) -> str:
     return "".join(head + part + "\n" for part in message.splitlines() or [""])
 
 
+def enabled(level: str) -> bool:
+    """Whether a message of `level` would be written (skip building costly ones)."""
+    return LEVELS[level] >= _threshold
+
+
 def emit(level: str, message: str) -> None:
     if LEVELS[level] < _threshold:
         return

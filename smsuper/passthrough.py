@@ -41,6 +41,9 @@ def main(args: List[str]) -> int:
         capabilities.become_subreaper()
     supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
     set_title(f"smsuper: init [{os.path.basename(args[0])}]")
+    from . import metrics
+
+    metrics.start(supervisor)  # before restrict_init: the port may be below 1024
     try:
         supervisor.start(ChildSpec(role="command", argv=args, env=account.environ(os.environ),
                                    credentials=account.credentials, foreground=True), primary=True)

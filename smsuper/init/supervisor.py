@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are string
 if TYPE_CHECKING:
     from typing import Callable, Deque, Dict, List, Optional
 
-from .. import log
+from .. import log, redact
 from . import procfs
 from .relay import LineRelay, enlarge_pipe
 from .spawn import ALL_SIGNALS, ChildSpec, spawn
@@ -319,7 +319,8 @@ class Supervisor:
         child.started_at = time.time()
         child.status = None
         self._by_pid[child.pid] = child
-        log.debug(f"started {spec.role} (pid {child.pid}): {' '.join(spec.argv)}")
+        if log.enabled("debug"):
+            log.debug(f"started {spec.role} (pid {child.pid}): {' '.join(redact.argv(spec.argv))}")
 
     def _pump(self, relay: LineRelay) -> Callable[[], None]:
         def on_readable() -> None:

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .. import log, settings
+from .. import log, redact, settings
 from ..init import privileges
 from ..sagemaker import configs, hyperparameters, resources
 from ..sagemaker.environment import EntryPointFacts, TrainingEnvironment
@@ -184,11 +184,21 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
     spawn_problem: List[SpawnError] = []
     launch_ = prepared.launch
     account = prepared.account
+    log_metrics = _start_metrics(supervisor)
+
+    def script_stderr(chunk: bytes) -> None:
+        script_tail.feed(chunk)
+        log_metrics.feed(chunk)
+
     script_spec = ChildSpec(role="script", argv=launch_.argv, env=account.environ(launch_.env), cwd=launch_.cwd,
-                            credentials=account.credentials, relay=True, on_stderr=script_tail.feed)
+                            credentials=account.credentials, relay=True, on_stdout=log_metrics.feed,
+                            on_stderr=script_stderr)
 
     def start_script() -> None:
-        log.info(f"running {launch_.name}: {shlex.join(launch_.argv)}")
+        log.info(f"running {launch_.name}: {shlex.join(redact.argv(launch_.argv))}")
+        if log.enabled("debug"):
+            shown = redact.environ(script_spec.env or {})
+            log.debug("the training program's environment:\n" + "\n".join(f"{k}={v}" for k, v in sorted(shown.items())))
         try:
             supervisor.start(script_spec, primary=True)
         except SpawnError as error:
@@ -242,6 +252,17 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
     status = failure.status_sentence(launch_.name, script.status.code, script.status.signal)
     _report_failure(paths, failure.exception_line(lines), status, lines, before)
     return code
+
+
+def _start_metrics(supervisor):
+    """PID 1's metrics endpoint (before PID 1 drops its capabilities); returns the log-line parser."""
+    from ..metrics import training
+
+    log_metrics = training.LogMetrics(settings.value("SMSUPER_METRIC_DEFINITIONS"))
+    from .. import metrics
+
+    metrics.start(supervisor, [training.collector(supervisor, log_metrics)])
+    return log_metrics
 
 
 def _set_title(name: str) -> None:

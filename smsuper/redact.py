@@ -1,0 +1,70 @@
+"""Secrets kept out of the log.
+
+Whenever smsuper prints its configuration, a command line or an
+environment, values that look secret are replaced by MASK: the values of
+variables and arguments whose names look secret (AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, --api-token, DB_PASSWORD, ...), AWS access key ids
+wherever they appear, and secret-looking keys inside JSON values
+(SM_HPS, SM_TRAINING_ENV carry the hyperparameters). Better a masked value
+an operator did not need hidden than a key in a log that many can read.
+"""
+
+from __future__ import annotations
+
+import re
+
+TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Sequence
+
+MASK = "****"
+# Words that make a name secret, matched as parts of the name (API_TOKEN, apiToken, db-password);
+# "auth" and "key" only as whole parts, so AUTHOR and KEYBOARD_LAYOUT stay visible.
+_SECRET_NAME = re.compile(
+    r"(secret|token|passw(or)?d|passphrase|credential|private[_-]?key|access[_-]?key|api[_-]?key|"
+    r"signature|cookie|session)|(^|[_.-])(auth|key|pwd)($|[_.-])", re.IGNORECASE)
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AROA|AIDA|ANPA|AGPA)[A-Z0-9]{16}\b")
+_JSON_PAIR = re.compile(r'"([^"\\]{1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*)')
+
+
+def secret_name(name: str) -> bool:
+    return _SECRET_NAME.search(name) is not None
+
+
+def text(value: str) -> str:
+    """`value` with AWS key ids and the values of secret-named JSON keys masked."""
+    value = _AWS_KEY_ID.sub(lambda match: match.group(1) + MASK, value)
+    if '"' in value:
+        value = _JSON_PAIR.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"{MASK}"' if secret_name(m.group(1))
+                               else m.group(0), value)
+    return value
+
+
+def environ(env: Mapping[str, str]) -> Dict[str, str]:
+    """A copy of `env` fit to print."""
+    return {name: MASK if secret_name(name) and value else text(value) for name, value in env.items()}
+
+
+def argv(args: Sequence[str]) -> List[str]:
+    """A command line fit to print: `--api-token X`, `--api-token=X` and `PASSWORD=X` lose X."""
+    shown: List[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            shown.append(MASK)
+            hide_next = False
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            name, equals, _ = arg.lstrip("-").partition("=")
+            if secret_name(name):
+                if equals:
+                    shown.append(arg.split("=", 1)[0] + "=" + MASK)
+                else:
+                    shown.append(arg)
+                    hide_next = True
+                continue
+        elif "=" in arg and secret_name(arg.split("=", 1)[0]):
+            shown.append(arg.split("=", 1)[0] + "=" + MASK)
+            continue
+        shown.append(text(arg))
+    return shown
