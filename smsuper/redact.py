@@ -24,6 +24,8 @@ _SECRET_NAME = re.compile(
     r"(secret|token|passw(or)?d|passphrase|credential|private[_-]?key|access[_-]?key|api[_-]?key|"
     r"signature|cookie|session)|(^|[_.-])(auth|key|pwd)($|[_.-])", re.IGNORECASE)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AROA|AIDA|ANPA|AGPA)[A-Z0-9]{16}\b")
+# An argv inside JSON (SM_USER_ARGS, SM_TRAINING_ENV's user_args): "--api-token", "VALUE".
+_JSON_ARGUMENT = re.compile(r'"(-{1,2}[^"\\=]{1,200})"(\s*,\s*)"(?:[^"\\]|\\.)*"')
 _JSON_PAIR = re.compile(r'"([^"\\]{1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*)')
 
 
@@ -37,6 +39,8 @@ def text(value: str) -> str:
     if '"' in value:
         value = _JSON_PAIR.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"{MASK}"' if secret_name(m.group(1))
                                else m.group(0), value)
+        value = _JSON_ARGUMENT.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"{MASK}"'
+                                   if secret_name(m.group(1).lstrip("-")) else m.group(0), value)
     return value
 
 
