@@ -207,10 +207,7 @@ metrics() {  # Prometheus text served by PID 1 on SMSUPER_METRICS_PORT
         text=""
         sleep 0.5
     done
-    if [ -z "$text" ]; then
-        say "no metrics endpoint answered on port $METRICS_PORT: this build of smsuper serves none"
-        return 0
-    fi
+    [ -n "$text" ] || die "no metrics endpoint answered on port $METRICS_PORT"
     # Prefer the figures this story moved (the build, processes up, requests, model load), then any.
     lines=$(printf '%s\n' "$text" | grep -E '^smsuper_' | grep -v '_bucket{' \
         | grep -E '_info[{ ]|_up[{ ]|requests_total[{ ]|model_load' | head -n 8 || true)
@@ -436,7 +433,7 @@ EOF
         podman logs "$CONTAINER" 2>&1 | indent
         die "the server did not become ready"
     fi
-    podman logs "$CONTAINER" 2>&1 | head -n 5 | indent
+    podman logs "$CONTAINER" 2>&1 | sed -n 1,5p | indent  # sed, not head: no SIGPIPE for podman
 
     step "predictions"
     predictions
