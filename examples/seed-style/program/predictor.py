@@ -48,7 +48,7 @@ def ping():
 @app.route("/invocations", methods=["POST"])
 def transformation():
     """CSV in (one flower per line, four measurements), one predicted species per line out."""
-    if flask.request.content_type.split(";")[0].strip() != "text/csv":
+    if (flask.request.content_type or "").split(";")[0].strip() != "text/csv":
         return flask.Response(response="This predictor only supports CSV data", status=415, mimetype="text/plain")
     text = flask.request.data.decode("utf-8")
     rows = np.asarray([[float(v) for v in record] for record in csv.reader(io.StringIO(text)) if record])
