@@ -4,7 +4,7 @@ Whenever smsuper prints its configuration, a command line or an
 environment, values that look secret are replaced by MASK: the values of
 variables and arguments whose names look secret (AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, --api-token, DB_PASSWORD, ...), AWS access key ids
-wherever they appear, and secret-looking keys inside JSON values
+and passwords in URLs wherever they appear, and secret-looking keys inside JSON values
 (SM_HPS, SM_TRAINING_ENV carry the hyperparameters). Better a masked value
 an operator did not need hidden than a key in a log that many can read.
 """
@@ -23,6 +23,7 @@ MASK = "****"
 _SECRET_NAME = re.compile(
     r"(secret|token|passw(or)?d|passphrase|credential|private[_-]?key|access[_-]?key|api[_-]?key|"
     r"signature|cookie|session)|(^|[_.-])(auth|key|pwd)($|[_.-])", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")  # https://user:PASSWORD@host (pip index URLs)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AROA|AIDA|ANPA|AGPA)[A-Z0-9]{16}\b")
 # An argv inside JSON (SM_USER_ARGS, SM_TRAINING_ENV's user_args): "--api-token", "VALUE".
 _JSON_ARGUMENT = re.compile(r'"(-{1,2}[^"\\=]{1,200})"(\s*,\s*)"(?:[^"\\]|\\.)*"')
@@ -34,8 +35,10 @@ def secret_name(name: str) -> bool:
 
 
 def text(value: str) -> str:
-    """`value` with AWS key ids and the values of secret-named JSON keys masked."""
+    """`value` with AWS key ids, passwords in URLs and the values of secret-named JSON keys masked."""
     value = _AWS_KEY_ID.sub(lambda match: match.group(1) + MASK, value)
+    if "://" in value:
+        value = _URL_PASSWORD.sub(lambda match: match.group(1) + MASK + "@", value)
     if '"' in value:
         value = _JSON_PAIR.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"{MASK}"' if secret_name(m.group(1))
                                else m.group(0), value)

@@ -451,7 +451,7 @@ with open(os.path.join(os.environ["SM_MODEL_DIR"], "seen.json"), "w") as handle:
 def test_secrets_never_reach_the_log(pyz, base_env, tmp_path):
     secrets = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
                "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLETOKEN",
-               "DATABASE_PASSWORD": "hunter2-db"}
+               "DATABASE_PASSWORD": "hunter2-db", "MY_INDEX": "https://bob:url-pass-777@pypi.example.com/simple"}
     hyperparameters = {"api_token": "hp-token-value-123", "epochs": "3"}
     base = train_layout(tmp_path / "ml", SECRET_SCRIPT, hyperparameters=hyperparameters)
     env = train_environment(base_env, base, SAGEMAKER_PROGRAM="train.py", SMSUPER_LOG_LEVEL="debug", **secrets)
@@ -461,8 +461,9 @@ def test_secrets_never_reach_the_log(pyz, base_env, tmp_path):
     logged = done.stdout + done.stderr
     assert "the training program's environment" in logged
     assert re.search(r"--api_token '?\*{4}", logged), logged
-    for secret in [*secrets.values(), hyperparameters["api_token"]]:
+    for secret in [*secrets.values(), hyperparameters["api_token"], "url-pass-777"]:
         assert secret not in logged
+    assert "MY_INDEX=https://bob:****@pypi.example.com/simple" in logged
     assert "epochs" in logged  # what is not secret stays readable
     # Masking is for the log only: the script gets every value unchanged.
     seen = json.loads((base / "model" / "seen.json").read_text())
