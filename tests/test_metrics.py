@@ -269,6 +269,31 @@ def test_a_worker_killed_for_its_timeout_is_counted(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 0  # the killed worker's request is gone
 
 
+def test_counts_survive_a_killed_gunicorn_master_and_nginx_comes_back_with_its_figures(serve):
+    extra = metrics_env()
+    server = serve(**extra)
+    port = int(extra["SMSUPER_METRICS_PORT"])
+    server.wait_ready()
+    for number in range(3):
+        assert server.post([number]).status_code == 200
+    os.kill(server.gunicorn_master(), signal.SIGKILL)
+    eventually(lambda: "gunicorn exited" in server.stderr(), "smsuper to notice the dead master")
+    server.wait_ready()
+    os.kill(server.child("nginx: master"), signal.SIGKILL)
+    eventually(lambda: "nginx exited" in server.stderr(), "smsuper to notice the dead nginx")
+    server.wait_ready()
+    for number in range(2):
+        assert server.post([number]).status_code == 200
+    # The dead master's and workers' files are folded into the archives: counts go on.
+    eventually(lambda: value(parse(scrape(port)), "smsuper_nginx_up") == 1, "nginx's stub_status again")
+    samples = parse(scrape(port))
+    assert value(samples, "smsuper_http_requests_total", route="/invocations", code="200") == 5
+    assert value(samples, "smsuper_child_restarts_total", role="gunicorn") == 1
+    assert value(samples, "smsuper_child_restarts_total", role="nginx") == 1
+    assert value(samples, "smsuper_child_last_exit_code", role="gunicorn") == 128 + signal.SIGKILL
+    assert value(samples, "smsuper_http_requests_in_flight") == 0
+
+
 TRAINING_SCRIPT = r"""
 import os, sys, time
 print("epoch 1 loss=0.90 accuracy=0.50", flush=True)

@@ -82,7 +82,8 @@ class Child:
         self.started_at = 0.0
         self.exited_at = 0.0  # wall-clock time of the last exit (metrics report run times)
         self.restarts = 0
-        self.status: Optional[ExitStatus] = None
+        self.status: Optional[ExitStatus] = None  # of the current run: None again once restarted
+        self.last_exit: Optional[ExitStatus] = None  # of the last exit, kept across restarts (metrics)
         self.recent_exits: Deque[float] = deque()
         self.relays: List[LineRelay] = []
 
@@ -353,7 +354,7 @@ class Supervisor:
 
     def _child_exited(self, child: Child, status: ExitStatus) -> None:
         child.pid = None
-        child.status = status
+        child.status = child.last_exit = status
         child.exited_at = time.time()
         self._drain_relays(child)
         level = log.info if status.code == 0 or self.stopping else log.warning

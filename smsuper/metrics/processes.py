@@ -82,8 +82,8 @@ def collector(supervisor):
             up.add(1 if child.alive else 0, role=role)
             restarts.add(child.restarts, role=role)
             started.add(child.started_at, role=role)
-            if child.status is not None:
-                exit_code.add(child.status.code, role=role)
+            if child.last_exit is not None:
+                exit_code.add(child.last_exit.code, role=role)
             if child.alive and child.pid in table:
                 rss, seconds, count = _tree(child.pid, table, below)
                 memory.add(rss, role=role)
