@@ -415,6 +415,18 @@ def test_metrics_port_equal_to_the_serving_port_stops_serve_with_a_clear_error(p
     assert f"SMSUPER_METRICS_PORT={port} is the serving port" in done.stderr
 
 
+def test_a_taken_metrics_port_costs_a_warning_not_the_job(pyz, base_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, str(pyz), "sh", "-c", "echo ran; exit 3"],
+                              env=dict(base_env, SMSUPER_METRICS_PORT=str(port)), capture_output=True, text=True,
+                              timeout=WAIT_LIMIT)
+    assert done.returncode == 3 and done.stdout == "ran\n"
+    assert f"no metrics endpoint: cannot listen on port {port}" in done.stderr
+
+
 def test_metrics_port_0_turns_the_endpoint_off(pyz, base_env):
     done = subprocess.run([sys.executable, str(pyz), "true"], env=dict(base_env, SMSUPER_METRICS_PORT="0"),
                           capture_output=True, text=True, timeout=WAIT_LIMIT)
