@@ -31,7 +31,7 @@ LOCAL_LIMIT = 180      # issue 8: the local demo finishes in under 3 minutes, ve
 CONTAINER_LIMIT = 1800  # a fresh machine debootstraps the base image first: a hang guard only
 GRACE = 25             # serve's grace period: a clean stop is well inside it
 
-# (example, CSV answers, JSON answer or None, model file) as the demo sends them.
+# example -> (the CSV answers, the JSON answer or None, the model file), for what the demo sends.
 EXAMPLES = {
     "sklearn-iris": (["setosa", "virginica"], '["versicolor","setosa"]', "model.joblib"),
     "seed-style": (["setosa", "virginica", "versicolor", "setosa"], None, "decision-tree-model.pkl"),
