@@ -1,0 +1,217 @@
+"""Bars and the table: judge each figure against its bar and render Markdown.
+
+A bar is judged on the median of the runs (the spread is shown beside it).
+A figure that could not be measured is "n/a" with the reason, never a pass.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+PASS, FAIL, NA, INFO = "PASS", "FAIL", "n/a", "—"
+
+
+def _med(stat: Optional[Dict]) -> Optional[float]:
+    return None if not stat else stat.get("median")
+
+
+def spread(stat: Optional[Dict], fmt: str = "{:,.0f}", unit: str = "") -> str:
+    """`median (min–max)`, or the median alone for a single run."""
+    if not stat or stat.get("median") is None:
+        return "n/a"
+    text = fmt.format(stat["median"]) + unit
+    if len(stat.get("runs", [])) > 1:
+        text += f" ({fmt.format(stat['min'])}–{fmt.format(stat['max'])})"
+    return text
+
+
+def verdict(ok: Optional[bool]) -> str:
+    return NA if ok is None else (PASS if ok else FAIL)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: List[List[str]] = []
+        self.bars: List[Dict] = []
+
+    def row(self, number: str, figure: str, smsuper: str, baselines: str = "", bar: str = "",
+            result: str = INFO) -> None:
+        self.rows.append([number, figure, smsuper, baselines, bar, result])
+
+    def judge(self, number: str, figure: str, smsuper: str, baselines: str, bar: str, ok: Optional[bool],
+              value=None, note: str = "") -> None:
+        self.row(number, figure, smsuper, baselines, bar + (f" ({note})" if note else ""), verdict(ok))
+        self.bars.append({"figure": number, "what": figure, "bar": bar, "value": value, "pass": ok,
+                          "note": note})
+
+    def markdown(self) -> str:
+        head = ["#", "figure", "smsuper", "baselines (same run)", "bar", "result"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def _error_row(table: Table, number: str, what: str, figure: Dict) -> bool:
+    if figure.get("skipped"):
+        table.row(number, what, "not run", "", "(left out by --only)", NA)
+        return True
+    if "error" in figure:
+        table.judge(number, what, "error", "", figure["error"].splitlines()[0][:160], None)
+        return True
+    return False
+
+
+def build(figures: Dict) -> Table:
+    table = Table()
+    names = {"bare-gunicorn": "bare", "seed-style": "seed", "nginx-static": "nginx"}
+
+    # 1. throughput
+    tp = figures.get("throughput", {"skipped": True})
+    if not _error_row(table, "1", "/invocations throughput", tp):
+        for connections, stats in tp.items():
+            ratios = stats.get("ratios", {})
+            stats = {n: s for n, s in stats.items() if n != "ratios"}
+            mine = stats["smsuper"]
+            others = " · ".join(f"{names.get(n, n)} {spread(s['rps'])}" for n, s in stats.items() if n != "smsuper")
+            table.row("1", f"/invocations req/s, {connections} conns", spread(mine["rps"]), others)
+            others = " · ".join(f"{names.get(n, n)} {spread(s['p50_ms'], '{:.1f}')} / {spread(s['p99_ms'], '{:.1f}')}"
+                                for n, s in stats.items() if n != "smsuper")
+            table.row("1", f"p50 / p99 latency ms, {connections} conns",
+                      f"{spread(mine['p50_ms'], '{:.1f}')} / {spread(mine['p99_ms'], '{:.1f}')}", others)
+            if "server_cpu_us_per_request" in mine:
+                others = " · ".join(f"{names.get(n, n)} {spread(s['server_cpu_us_per_request'])}"
+                                    for n, s in stats.items() if n not in ("smsuper",))
+                table.row("1", f"server CPU µs per request (all the stack's processes), {connections} conns",
+                          spread(mine["server_cpu_us_per_request"]), others)
+            errors = {n: s["errors"] for n, s in stats.items() if s["errors"]}
+            note = f"wrk errors: {errors}" if errors else ""
+            bare = ratios.get("smsuper/bare-gunicorn")
+            ratio = _med(bare)
+            table.judge("1", f"smsuper / bare gunicorn req/s, {connections} conns (median of per-round ratios)",
+                        spread(bare, "{:.2f}", "×"), "", "≥ 0.8×",
+                        None if ratio is None else ratio >= 0.8 and not mine["errors"], ratio, note)
+            seed = ratios.get("smsuper/seed-style")
+            over_seed = _med(seed)
+            table.judge("1", f"smsuper / seed-style req/s, {connections} conns (median of per-round ratios)",
+                        spread(seed, "{:.2f}", "×"), "", "> 1×",
+                        None if over_seed is None else over_seed > 1.0 and not mine["errors"], over_seed)
+
+    # 2. /ping while busy
+    ping = figures.get("ping_busy", {"skipped": True})
+    if not _error_row(table, "2", "/ping while busy", ping):
+        mine, seed = ping["smsuper"], ping.get("seed-style", {})
+        seed_text = (f"seed p99 {spread(seed.get('p99_ms'), '{:.0f}')} ms, max {seed.get('max_ms', 0):.0f} ms, "
+                     f"{seed.get('over_2s', 0)} over 2 s, {seed.get('failures', 0)} failed") if seed else ""
+        table.judge("2", f"/ping p50 / p99 ms, {mine['busy_clients']} clients × 1 s predictions on 2 workers",
+                    f"{spread(mine['p50_ms'], '{:.1f}')} / {spread(mine['p99_ms'], '{:.1f}')}", seed_text,
+                    "p99 < 50 ms", _med(mine["p99_ms"]) < 50, _med(mine["p99_ms"]))
+        table.judge("2", "/ping max ms; pings over 2 s or failed", f"{mine['max_ms']:.0f}; "
+                    f"{mine['over_2s']} over 2 s, {mine['failures']} failed of {mine['pings']}", "",
+                    "none over 2 s", mine["over_2s"] == 0 and mine["failures"] == 0, mine["max_ms"])
+
+    # 3 and 4a. start and memory
+    start = figures.get("start_memory", {"skipped": True})
+    if not _error_row(table, "3", "start to first /ping 200", start):
+        warm = start["smsuper"]["start_s"]
+        others = " · ".join(f"{names.get(n, n)} {spread(start[n]['start_s'], '{:.3f}')} s"
+                            for n in ("bare-gunicorn", "seed-style") if n in start)
+        table.judge("3", "start to first /ping 200 s, warm cache", spread(warm, "{:.3f}"), others, "< 1 s",
+                    _med(warm) < 1.0, _med(warm))
+        table.row("3", "start to first /ping 200 s, cold cache (first start ever)",
+                  spread(start["smsuper-cold"]["start_s"], "{:.3f}"), "", "(extracts and compiles once)")
+        memory = start["smsuper"]["memory"]
+        after_load = figures.get("pid1_after_load", {})
+        after = f", after figure 1's load {after_load['pid1_rss_mib']:.1f}" if "pid1_rss_mib" in after_load else ""
+        scraped = figures.get("metrics_scrape", {}).get("pid1_rss_mib_after")
+        if scraped:
+            after += f", after figure 8's restarts and scrapes {scraped:.1f}"
+        worst = max(_med(memory["pid1_rss_mib"]), after_load.get("pid1_rss_mib", 0), scraped or 0)
+        table.judge("4", "PID 1 RSS MiB (at rest" + (", and after load; the bar takes the largest" if after else "") + ")",
+                    spread(memory["pid1_rss_mib"], "{:.1f}") + after, f"PID 1 USS {spread(memory['pid1_uss_mib'], '{:.1f}')}",
+                    "< 20 MB (19.07 MiB)", worst < 20e6 / 2 ** 20, worst)
+        others = " · ".join(f"{names.get(n, n)} {spread(start[n]['memory']['rss_mib'], '{:.0f}')} / "
+                            f"{spread(start[n]['memory']['pss_mib'], '{:.0f}')} ({int(_med(start[n]['memory']['processes']))} procs)"
+                            for n in ("bare-gunicorn", "seed-style") if "memory" in start.get(n, {}))
+        table.row("4", "whole stack, sum of RSS / PSS MiB, trivial model",
+                  f"{spread(memory['rss_mib'], '{:.0f}')} / {spread(memory['pss_mib'], '{:.0f}')} "
+                  f"({int(_med(memory['processes']))} procs)", others)
+        roles = memory.get("by_role_pss_mib", {})
+        if roles:
+            table.row("4", "PSS MiB by role", ", ".join(f"{k} {v:.1f}" for k, v in roles.items()))
+        table.judge("4", "PID 1 idle: wake-ups/s, CPU ms/s", f"{spread(memory['wakeups_per_s'], '{:.1f}')}, "
+                    f"{spread(memory['cpu_ms_per_s'], '{:.2f}')}", "", "no busy polling (< 5 wake-ups/s)",
+                    _med(memory["wakeups_per_s"]) < 5, _med(memory["wakeups_per_s"]))
+    mm = figures.get("model_memory", {"skipped": True})
+    if not _error_row(table, "4", "model memory", mm):
+        pre, no, trivial = mm["preload"], mm["no_preload"], mm["trivial"]
+        table.judge("4", f"{mm['model_mib']} MiB model, {mm['workers']} workers, SMSUPER_PRELOAD_MODEL=true: "
+                    "model copies resident (gunicorn PSS, less its PSS with the trivial model)",
+                    f"{spread(pre['model_copies'], '{:.2f}')} copies (gunicorn PSS {spread(pre['gunicorn_pss_mib'], '{:.0f}')} MiB)",
+                    f"without preload: {spread(no['model_copies'], '{:.2f}')} copies (PSS "
+                    f"{spread(no['gunicorn_pss_mib'], '{:.0f}')} MiB); trivial model: PSS "
+                    f"{spread(trivial['gunicorn_pss_mib'], '{:.0f}')} MiB",
+                    "close to 1 copy (< 1.25), not 1 per worker", _med(pre["model_copies"]) < 1.25,
+                    _med(pre["model_copies"]))
+        table.judge("4", "workers' total unique memory (USS) MiB, same model",
+                    f"preload: {spread(pre['workers_uss_mib'], '{:.0f}')} (master USS "
+                    f"{spread(pre['master_uss_mib'], '{:.0f}')})",
+                    f"without preload: {spread(no['workers_uss_mib'], '{:.0f}')} = "
+                    f"{_med(no['workers_uss_copies']):.2f} copies",
+                    "≤ 1 copy", _med(pre["workers_uss_copies"]) <= 1.0, _med(pre["workers_uss_copies"]))
+
+    # 5. SIGTERM
+    term = figures.get("sigterm", {"skipped": True})
+    if not _error_row(table, "5", "SIGTERM with 4 in flight", term):
+        mine, seed = term["smsuper"], term["seed-style"]
+        table.judge("5", f"SIGTERM, 4 requests of {term['request_seconds']:g} s in flight: completed",
+                    f"{spread(mine['completed'], '{:.0f}')}/4", f"seed {spread(seed['completed'], '{:.0f}')}/4 "
+                    f"(statuses {seed['statuses'][0]})", "all 4", mine["all_completed_every_run"],
+                    _med(mine["completed"]))
+        gone = _med(mine["gone_after_last_completed_ms"])
+        table.judge("5", "every process gone, ms after the last answer", spread(mine["gone_after_last_completed_ms"], "{:.0f}"),
+                    f"seed {spread(seed['gone_after_last_answer_ms'], '{:.0f}')} "
+                    f"(gone {spread(seed['gone_after_sigterm_ms'], '{:.0f}')} ms after SIGTERM)",
+                    "< 1000 ms", None if gone is None else gone < 1000 and mine["leftover_processes"] == 0, gone)
+
+    # 6. relay
+    relay = figures.get("log_relay", {"skipped": True})
+    if not _error_row(table, "6", "log relay", relay):
+        ratio = _med(relay["ratio"])
+        table.judge("6", f"training log relay MiB/s ({relay['mib']} MiB of {relay['line_bytes']}-byte lines)",
+                    spread(relay["smsuper_mib_per_s"]), f"cat {spread(relay['cat_mib_per_s'])}",
+                    f"≥ 0.8× cat: {spread(relay['ratio'], '{:.2f}', '×')} (median of per-pair ratios)",
+                    ratio >= 0.8, ratio)
+        if "smsuper_cpu_s_per_gib" in relay:
+            table.row("6", "relaying process's own CPU s per GiB", spread(relay["smsuper_cpu_s_per_gib"], "{:.2f}"),
+                      f"cat {spread(relay['cat_cpu_s_per_gib'], '{:.2f}')}", "(PID 1's includes its start and the job's setup)")
+
+    # 7. --version
+    versions = figures.get("version_start", {"skipped": True})
+    if not _error_row(table, "7", "--version start", versions):
+        for version, stat in versions["pythons"].items():
+            if "error" in stat:
+                table.row("7", f"`--version` start ms, CPython {version}", "error", stat["error"][:120])
+                continue
+            warm = {k: (v * 1000 if isinstance(v, (int, float)) else [x * 1000 for x in v])
+                    for k, v in stat["warm_s"].items()}
+            alone = {k: (v * 1000 if isinstance(v, (int, float)) else [x * 1000 for x in v])
+                     for k, v in stat["python_alone_s"].items()}
+            table.row("7", f"`--version` start ms, CPython {version}", spread(warm, "{:.1f}"),
+                      f"python -c pass {spread(alone, '{:.1f}')} · first start {stat['cold_s'] * 1000:.0f}")
+        table.row("7", "smsuper.pyz size", f"{versions['pyz_bytes']:,} bytes ({versions['pyz_bytes'] / 1e6:.2f} MB)")
+
+    # 8. metrics
+    metrics = figures.get("metrics_scrape", {"skipped": True})
+    if not _error_row(table, "8", "metrics scrape", metrics):
+        if not metrics.get("available"):
+            table.judge("8", "metrics scrape ms after worker restarts", "not available", "",
+                        "< 100 ms", None, None, metrics.get("reason", ""))
+        else:
+            table.judge("8", f"metrics scrape ms after {metrics['restarts']} worker restarts",
+                        spread(metrics["scrape_ms"], "{:.1f}"),
+                        f"before the restarts {spread(metrics['scrape_ms_before'], '{:.1f}')}; "
+                        f"{metrics['distinct_worker_pids']} distinct worker pids answered, endpoint reports "
+                        f"{metrics.get('restarts_reported')} restarts; "
+                        f"{metrics['scrape_bytes']:,} bytes; restarts took {metrics['restart_seconds']} s",
+                        "< 100 ms", _med(metrics["scrape_ms"]) < 100, _med(metrics["scrape_ms"]))
+    return table

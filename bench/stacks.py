@@ -1,0 +1,298 @@
+"""The serving stacks the benchmark starts, measures and stops.
+
+  smsuper       `python smsuper.pyz serve`: nginx -> unix socket -> gunicorn sync workers
+  bare          gunicorn + a minimal Flask app on TCP, nothing in front (same workers and class)
+  seed          the seed-style stack: a launcher starting nginx (1 worker, 5m body limit)
+                and gunicorn sync workers behind a unix socket, like the platform's example
+  nginx-static  nginx alone answering a static 200
+
+gunicorn and Flask of the baselines come from smsuper.pyz's own extracted tree
+(apps/gunicorn_from_tree.py), so every stack runs the same library versions.
+A stack runs either as a plain child of the benchmark or, with namespace=True,
+as PID 1 of a new PID namespace (`unshare --pid`), which is how a container
+runs it: when PID 1 exits, the kernel kills everything left in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import harness
+from harness import BenchError
+
+APPS = harness.HERE / "apps"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WORKERS = 2
+
+
+class Context:
+    """What every stack needs: where things live and which Python and pyz to use."""
+
+    def __init__(self, workdir: Path, pyz: Path, python: str, cache_dir: Path, tree: Path,
+                 workload_user: str = "nobody"):
+        self.workdir = workdir
+        self.workload_user = workload_user
+        self.pyz = pyz
+        self.python = python
+        self.cache_dir = cache_dir
+        self.tree = tree
+        self.logs = workdir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self._sequence = 0
+        self.bases: Dict[str, Path] = {}
+
+    def log_paths(self, name: str):
+        self._sequence += 1
+        stem = self.logs / f"{self._sequence:03d}-{name}"
+        return stem.with_suffix(".out"), stem.with_suffix(".err")
+
+    def smsuper_base(self, model: str, model_mib: Optional[int] = None) -> Path:
+        """A SAGEMAKER_BASE_DIR whose model/code/inference.py is apps/model_<model>.py
+        (with its MODEL_MIB set to model_mib when given)."""
+        key = f"{model}-{model_mib}" if model_mib else model
+        if key not in self.bases:
+            base = self.workdir / f"ml-{key}"
+            code = base / "model" / "code"
+            code.mkdir(parents=True)
+            source = (APPS / f"model_{model}.py").read_text()
+            if model_mib:
+                source, count = re.subn(r"^MODEL_MIB = \d+", f"MODEL_MIB = {int(model_mib)}", source, flags=re.M)
+                if count != 1:
+                    raise BenchError(f"apps/model_{model}.py has no MODEL_MIB line to set")
+            (code / "inference.py").write_text(source)
+            for path in [base, base / "model", code, code / "inference.py"]:
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+            self.bases[key] = base
+        return self.bases[key]
+
+    def gunicorn_command(self) -> List[str]:
+        return [self.python, str(self.workdir / "apps" / "gunicorn_from_tree.py"), str(self.tree)]
+
+    def clean_env(self) -> Dict[str, str]:
+        """This environment without anything that would steer smsuper or Python elsewhere."""
+        return {k: v for k, v in os.environ.items()
+                if not k.startswith(("SAGEMAKER_", "SMSUPER_", "SM_")) and k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+class Stack:
+    name = "stack"
+
+    def __init__(self, ctx: Context, namespace: bool = False):
+        self.ctx = ctx
+        self.namespace = namespace
+        self.port = harness.free_port()
+        self.proc: Optional[subprocess.Popen] = None
+        self.started_at = 0.0  # monotonic time just before the process was created
+        self.stdout_path: Optional[Path] = None
+        self.stderr_path: Optional[Path] = None
+
+    # ---- to be provided ------------------------------------------------------------
+    def command(self) -> List[str]:
+        raise NotImplementedError
+
+    def env(self) -> Dict[str, str]:
+        return self.ctx.clean_env()
+
+    def cwd(self) -> Optional[str]:
+        return None
+
+    # ---- life --------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        argv = self.command()
+        if self.namespace:
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + argv
+        self.stdout_path, self.stderr_path = self.ctx.log_paths(self.name)
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(argv, env=self.env(), cwd=self.cwd(), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err)
+        return self
+
+    def root_pid(self) -> int:
+        """The stack's top process: the Popen child, or PID 1 of its namespace."""
+        assert self.proc is not None
+        if not self.namespace:
+            return self.proc.pid
+        return harness.wait_until(lambda: (harness.children(self.proc.pid) or [None])[0], 10,
+                                  "unshare to start its child")
+
+    def processes(self) -> List[int]:
+        root = self.root_pid()
+        return [root] + harness.descendants(root)
+
+    def stderr_tail(self, size: int = 1500) -> str:
+        try:
+            return self.stderr_path.read_bytes()[-size:].decode(errors="replace") if self.stderr_path else ""
+        except OSError:
+            return ""
+
+    def wait_ready(self, limit: float = 60.0, path: str = "/ping") -> float:
+        try:
+            return harness.wait_http_200(self.port, limit, path, self.proc)
+        except BenchError as error:
+            raise BenchError(f"{self.name}: {error}\n{self.stderr_tail()}") from None
+
+    def stop(self, grace: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.namespace:
+            try:
+                harness.kill_tree(self.root_pid(), None, grace)
+            except BenchError:
+                pass
+            self.proc.kill()  # --kill-child takes the namespace down with it
+            self.proc.wait(timeout=30)
+        else:
+            harness.kill_tree(self.proc.pid, self.proc, grace)
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Smsuper(Stack):
+    name = "smsuper"
+
+    def __init__(self, ctx: Context, model: str = "trivial", namespace: bool = False, metrics: bool = True,
+                 cache_dir: Optional[Path] = None, model_mib: Optional[int] = None, **extra: str):
+        super().__init__(ctx, namespace)
+        self.base = ctx.smsuper_base(model, model_mib)
+        self.metrics_port = harness.free_port() if metrics else 0
+        self.cache_dir = cache_dir or ctx.cache_dir
+        self.extra = extra
+
+    def command(self) -> List[str]:
+        return [self.ctx.python, str(self.ctx.pyz), "serve"]
+
+    def env(self) -> Dict[str, str]:
+        env = self.ctx.clean_env()
+        env.update({
+            "SMSUPER_ALLOW_PRIVILEGED": "1",  # this machine looks like a privileged container
+            "SMSUPER_CACHE_DIR": str(self.cache_dir),
+            "SMSUPER_USER": self.ctx.workload_user,
+            "SAGEMAKER_BASE_DIR": str(self.base),
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS),
+            "SMSUPER_METRICS_PORT": str(self.metrics_port),
+        })
+        env.update(self.extra)
+        return env
+
+    def cwd(self) -> Optional[str]:
+        return str(self.ctx.workdir)
+
+    def roles(self) -> Dict[str, List[int]]:
+        """init, gunicorn master, gunicorn workers, nginx master, nginx workers, other: pids by title."""
+        root = self.root_pid()
+        found: Dict[str, List[int]] = {"init": [root], "gunicorn_master": [], "gunicorn_workers": [],
+                                       "nginx_master": [], "nginx_workers": [], "other": []}
+        for pid in harness.descendants(root):
+            text = harness.title(pid)
+            if "gunicorn: worker" in text:
+                found["gunicorn_workers"].append(pid)
+            elif "gunicorn: master" in text or "_gunicorn" in text:
+                found["gunicorn_master"].append(pid)
+            elif "nginx: master" in text:
+                found["nginx_master"].append(pid)
+            elif "nginx: worker" in text:
+                found["nginx_workers"].append(pid)
+            else:
+                found["other"].append(pid)
+        return found
+
+    def wait_workers(self, count: int = WORKERS, limit: float = 60.0) -> List[int]:
+        """The gunicorn workers, once `count` of them exist."""
+        def enough() -> Optional[List[int]]:
+            workers = self.roles()["gunicorn_workers"]
+            return workers if len(workers) >= count else None
+
+        return harness.wait_until(enough, limit, f"{count} gunicorn workers")
+
+
+class Bare(Stack):
+    name = "bare-gunicorn"
+
+    def command(self) -> List[str]:
+        return self.ctx.gunicorn_command() + [
+            "--workers", str(WORKERS), "--worker-class", "sync", "--bind", f"127.0.0.1:{self.port}",
+            "--chdir", str(self.ctx.workdir / "apps"), "--log-level", "warning", "bare_app:app"]
+
+
+class Seed(Stack):
+    name = "seed-style"
+
+    def __init__(self, ctx: Context, namespace: bool = False):
+        super().__init__(ctx, namespace)
+        self.dir = ctx.workdir / f"seed-{self.port}"
+        self.dir.mkdir()
+        os.chmod(self.dir, 0o755)
+        for name in ("predictor.py", "wsgi.py", "serve.py"):
+            shutil.copy(APPS / "seed" / name, self.dir / name)
+        self.socket = self.dir / "gunicorn.sock"
+        template = (APPS / "seed" / "nginx.conf").read_text()
+        (self.dir / "nginx.conf").write_text(template.format(
+            pid=self.dir / "nginx.pid", temp=self.dir, socket=self.socket, port=self.port))
+
+    def command(self) -> List[str]:
+        return [self.ctx.python, str(self.dir / "serve.py")]
+
+    def env(self) -> Dict[str, str]:
+        env = self.ctx.clean_env()
+        env.update({"MODEL_SERVER_WORKERS": str(WORKERS), "MODEL_SERVER_TIMEOUT": "60", "SEED_NGINX": NGINX,
+                    "SEED_NGINX_CONF": str(self.dir / "nginx.conf"), "SEED_SOCKET": str(self.socket),
+                    "SEED_GUNICORN": json.dumps(self.ctx.gunicorn_command()), "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def cwd(self) -> Optional[str]:
+        return str(self.dir)
+
+
+class NginxStatic(Stack):
+    name = "nginx-static"
+
+    def __init__(self, ctx: Context, workers: int):
+        super().__init__(ctx)
+        self.dir = ctx.workdir / f"nginx-static-{self.port}"
+        self.dir.mkdir()
+        os.chmod(self.dir, 0o755)
+        template = (APPS / "nginx_static.conf").read_text()
+        (self.dir / "nginx.conf").write_text(template.format(
+            workers=workers, pid=self.dir / "nginx.pid", temp=self.dir, port=self.port))
+
+    def command(self) -> List[str]:
+        return [NGINX, "-e", "stderr", "-c", str(self.dir / "nginx.conf")]
+
+    def wait_ready(self, limit: float = 30.0, path: str = "/") -> float:
+        return super().wait_ready(limit, path)
+
+
+def stack_memory(pids: List[int]) -> Dict[str, float]:
+    """Sum of RSS (double-counts shared pages), of PSS (shares split fairly) and of USS, in MiB."""
+    rss = pss = uss = 0
+    counted = 0
+    for pid in pids:
+        try:
+            rollup = harness.smaps_rollup(pid)
+        except OSError:
+            continue
+        rss += rollup.get("Rss", 0)
+        pss += rollup.get("Pss", 0)
+        uss += rollup["Uss"]
+        counted += 1
+    return {"processes": counted, "rss_mib": round(rss / 1024, 1), "pss_mib": round(pss / 1024, 1),
+            "uss_mib": round(uss / 1024, 1)}
+
+
+def python_version(python: str) -> str:
+    return subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], stdout=subprocess.PIPE,
+                          check=True).stdout.decode().strip()
+
