@@ -34,31 +34,16 @@ from typing import Iterator
 from .runtime import RuntimeDir
 
 
-_held = 0  # how deep this process is inside _locked()
-
-
 @contextmanager
 def _locked(runtime: RuntimeDir) -> Iterator[None]:
-    global _held
-    if _held:
-        # gunicorn's master calls child_exit from its SIGCHLD handler, which can interrupt
-        # this very process inside the lock (two workers exiting together). A second flock
-        # on a new descriptor would wait for ourselves forever; the interrupted update
-        # resumes after this one and both only remove markers, so nesting is safe.
-        _held += 1
-        try:
-            yield
-        finally:
-            _held -= 1
-        return
+    # Not re-entrant: a process must never ask for it while holding it (gunicorn_app's
+    # child_exit hook, run from gunicorn's SIGCHLD handler, makes sure of that).
     # Read-only is enough for flock, and lets the workload's user lock a file PID 1 (root) created.
     fd = os.open(runtime.ready_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        _held = 1  # before flock: a handler running right after it must not lock again
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        _held = 0
         os.close(fd)  # closing releases the lock
 
 
