@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are string
 if TYPE_CHECKING:
     from typing import Callable, Dict, List
 
-from . import __version__, log, settings
+from . import __version__, build_id, log, settings
 
 USAGE = """usage: python smsuper.pyz train | serve | COMMAND [ARGS...] | -- COMMAND [ARGS...]
        python smsuper.pyz --help | --version | --check [train|serve|command]
@@ -25,16 +25,6 @@ USAGE = """usage: python smsuper.pyz train | serve | COMMAND [ARGS...] | -- COMM
 
 settings (environment variables):
 """
-
-
-def build_id() -> str:
-    """The content hash the zip build stamped in, or 'source' outside a pyz."""
-    try:
-        from . import _build  # written into the pyz by build_zipapp.py
-
-        return _build.BUILD_ID
-    except ImportError:
-        return "source"
 
 
 def _version(_: List[str]) -> int:

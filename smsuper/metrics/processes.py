@@ -12,22 +12,13 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import __version__
+from .. import __version__, build_id
 from ..init import procfs
 from .exposition import Family, counter, gauge
 
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
 if TYPE_CHECKING:
     from typing import Dict, List, Tuple
-
-
-def build_id() -> str:
-    try:
-        from .. import _build  # written into the pyz by build_zipapp.py
-
-        return _build.BUILD_ID
-    except ImportError:
-        return "source"
 
 
 def build_info() -> List[Family]:
