@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -377,12 +378,22 @@ def test_model_fn_raising_fails_ping_and_invocations_without_crash_loop(serve):
 
 # ---- lifecycle -----------------------------------------------------------------------------------
 
+def nginx_writing(metrics_port: int) -> int:
+    """Requests nginx is handling now (stub_status, through smsuper's metrics), this scrape's own included."""
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    found = re.search(r'^smsuper_nginx_connections\{state="writing"\} (\d+)', text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
 def test_sigterm_completes_every_request_in_flight_and_exits_0(serve):
-    server = serve()
+    metrics_port = free_port()
+    server = serve(SMSUPER_METRICS_PORT=str(metrics_port))
     server.wait_ready()
     # Two requests hold both workers; two more wait in gunicorn's socket backlog.
     requests_ = [background(lambda: server.post({"gate": True})) for _ in range(4)]
     eventually(lambda: in_flight(server.base) == 2, "both workers to be busy")
+    # In flight means nginx holds all four: one not yet accepted is not the server's to finish.
+    eventually(lambda: nginx_writing(metrics_port) >= 5, "nginx to hold the four requests")
     os.kill(server.init_pid(), signal.SIGTERM)
     eventually(lambda: "SIGTERM" in server.stderr(), "smsuper to take the SIGTERM")
     (server.base / "open").touch()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import textwrap
 import threading
@@ -76,6 +77,13 @@ def opt_ml(root: Path) -> Path:
     return root
 
 
+def nginx_writing(metrics_port: int) -> int:
+    """Requests nginx is handling now (stub_status, through smsuper's metrics), the scrape's own included."""
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    found = re.search(r'^smsuper_nginx_connections\{state="writing"\} (\d+)', text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
 def in_flight(root: Path) -> int:
     directory = root / "inflight"
     return len(os.listdir(directory)) if directory.exists() else 0
@@ -86,7 +94,9 @@ def test_serve_in_a_container_then_stop_with_requests_in_flight(suite_image, tmp
     root = opt_ml(tmp_path / "ml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_METRICS_PORT": "0"}
+    metrics_port = free_port()
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+           "SMSUPER_METRICS_PORT": str(metrics_port)}
     with containers.detached(image, ["serve"], env=env, extra=["-v", f"{root}:/opt/ml"]) as box:
         box.wait_for_ping(url, WAIT_LIMIT)
 
@@ -111,6 +121,10 @@ def test_serve_in_a_container_then_stop_with_requests_in_flight(suite_image, tmp
         deadline = time.monotonic() + WAIT_LIMIT
         while in_flight(root) < 2:
             assert time.monotonic() < deadline, "the gated requests never reached the workers"
+            time.sleep(0.05)
+        # In flight means nginx holds all three (the scrape's own request makes four).
+        while nginx_writing(metrics_port) < 4:
+            assert time.monotonic() < deadline, "nginx never held the three requests"
             time.sleep(0.05)
 
         stopped: list = []
