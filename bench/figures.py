@@ -433,9 +433,17 @@ def _relay_once(ctx: stacks.Context, kind: str, mib: int) -> Dict:
     _, err_path = ctx.log_paths(f"relay-{kind}")
     with open(err_path, "wb") as err:
         if kind == "cat":
-            writer = subprocess.Popen(writer_argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=err)
-            procs = [writer, subprocess.Popen(["cat"], stdin=writer.stdout, stdout=write_fd, stderr=err)]
-            writer.stdout.close()
+            # The writer's pipe gets the 1 MiB that smsuper gives its children's pipes (init/relay.py),
+            # so cat is not held back by a 64 KiB pipe: only the relaying process differs.
+            cat_in, writer_out = os.pipe()
+            try:
+                fcntl.fcntl(writer_out, 1031, MIB)
+            except OSError:
+                pass
+            writer = subprocess.Popen(writer_argv, stdout=writer_out, stdin=subprocess.DEVNULL, stderr=err)
+            procs = [writer, subprocess.Popen(["cat"], stdin=cat_in, stdout=write_fd, stderr=err)]
+            os.close(writer_out)
+            os.close(cat_in)
         else:
             env = ctx.clean_env()
             env.update({"SMSUPER_ALLOW_PRIVILEGED": "1", "SMSUPER_CACHE_DIR": str(ctx.cache_dir),
