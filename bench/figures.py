@@ -114,11 +114,13 @@ def throughput(named: Dict[str, stacks.Stack], profile: Profile, log: Callable[[
             }
             for name, runs in per_stack.items()
         }
-        mine = [r["rps"] for r in per_stack["smsuper"]]
-        entry["ratios"] = {
-            f"smsuper/{name}": summary([m / o["rps"] if o["rps"] else 0.0 for m, o in zip(mine, runs)], 3)
-            for name, runs in per_stack.items() if name != "smsuper"
-        }
+        entry["ratios"] = {}
+        for mine_name in [n for n in per_stack if n.startswith("smsuper")]:
+            mine = [r["rps"] for r in per_stack[mine_name]]
+            for name, runs in per_stack.items():
+                if name != mine_name and not (mine_name != "smsuper" and name.startswith("smsuper")):
+                    entry["ratios"][f"{mine_name}/{name}"] = summary(
+                        [m / o["rps"] if o["rps"] else 0.0 for m, o in zip(mine, runs)], 3)
         figures[str(connections)] = entry
     return figures
 

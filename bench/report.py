@@ -63,7 +63,8 @@ def _error_row(table: Table, number: str, what: str, figure: Dict) -> bool:
 
 def build(figures: Dict) -> Table:
     table = Table()
-    names = {"bare-gunicorn": "bare", "seed-style": "seed", "nginx-static": "nginx"}
+    names = {"bare-gunicorn": "bare", "seed-style": "seed", "nginx-static": "nginx",
+             "smsuper-no-metrics": "smsuper without metrics"}
 
     # 1. throughput
     tp = figures.get("throughput", {"skipped": True})
@@ -95,6 +96,12 @@ def build(figures: Dict) -> Table:
             table.judge("1", f"smsuper / seed-style req/s, {connections} conns (median of per-round ratios)",
                         spread(seed, "{:.2f}", "×"), "", "> 1×",
                         None if over_seed is None else over_seed > 1.0 and not mine["errors"], over_seed)
+            if "smsuper-no-metrics/bare-gunicorn" in ratios:
+                table.row("1", f"diagnostic: smsuper with SMSUPER_METRICS_PORT=0, {connections} conns",
+                          f"/ bare {spread(ratios['smsuper-no-metrics/bare-gunicorn'], '{:.2f}', '×')} · "
+                          f"/ seed {spread(ratios['smsuper-no-metrics/seed-style'], '{:.2f}', '×')}",
+                          f"smsuper with metrics / without: {spread(ratios['smsuper/smsuper-no-metrics'], '{:.2f}', '×')}",
+                          "(not judged)")
 
     # 2. /ping while busy
     ping = figures.get("ping_busy", {"skipped": True})

@@ -140,17 +140,23 @@ def serving_figures(ctx: stacks.Context, profile: figures.Profile, results: Dict
     try:
         smsuper = stacks.Smsuper(ctx).start()
         running.append(smsuper)
+        # A diagnostic beside it, not judged: the same smsuper with SMSUPER_METRICS_PORT=0
+        # (no metrics recorded in the workers), to show what the metrics cost per request.
+        quiet = stacks.Smsuper(ctx, metrics=False).start()
+        quiet.name = "smsuper-no-metrics"
+        running.append(quiet)
         bare = stacks.Bare(ctx).start()
         running.append(bare)
         seed = stacks.Seed(ctx).start()
         running.append(seed)
-        for stack in (smsuper, bare, seed):
+        for stack in (smsuper, quiet, bare, seed):
             stack.wait_ready(60)
         nginx_workers = len(smsuper.roles()["nginx_workers"]) or 1
         static = stacks.NginxStatic(ctx, nginx_workers).start()
         running.append(static)
         static.wait_ready(30)
-        named = {"smsuper": smsuper, "bare-gunicorn": bare, "seed-style": seed, "nginx-static": static}
+        named = {"smsuper": smsuper, "smsuper-no-metrics": quiet, "bare-gunicorn": bare, "seed-style": seed,
+                 "nginx-static": static}
         results["nginx_static_workers"] = nginx_workers  # as many as smsuper's nginx has
         run_figure("throughput", "1. /invocations throughput (trivial model, 2 workers)", results,
                    lambda: figures.throughput(named, profile, say))
