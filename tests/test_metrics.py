@@ -67,6 +67,14 @@ def scrape(port: int) -> str:
     return response.text
 
 
+def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
+    """The scrape once `metric` shows `expected`: a worker publishes its counts and timings
+    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/serving.py)."""
+    eventually(lambda: value(parse(scrape(port)), metric, **labels) == expected,
+               f"{metric}{labels} to be published as {expected}")
+    return parse(scrape(port))
+
+
 def scrape_when_up(port: int, proc: subprocess.Popen) -> str:
     box: List[str] = []
 
@@ -184,6 +192,7 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
         assert server.post([number]).status_code == 200
     assert server.post(b"GIF89a", "image/gif").status_code == 415
     assert requests.get(server.url("/execution-parameters"), timeout=10).status_code == 200
+    published(port, "smsuper_invocation_phase_duration_seconds_count", 3, phase="output")
     text = scrape(port)
     assert promtool_complaints(text) == ""
     samples = parse(text)
@@ -231,9 +240,9 @@ def test_endpoint_answers_while_every_worker_is_busy(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 2
     (server.base / "open").touch()
     assert [answer().status_code for answer in busy] == [200, 200]
-    samples = parse(scrape(int(extra["SMSUPER_METRICS_PORT"])))
+    samples = published(int(extra["SMSUPER_METRICS_PORT"]), "smsuper_http_requests_total", 2,
+                        route="/invocations", code="200")
     assert value(samples, "smsuper_http_requests_in_flight") == 0
-    assert value(samples, "smsuper_http_requests_total", route="/invocations", code="200") == 2
 
 
 def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
@@ -288,8 +297,7 @@ def test_counts_survive_a_killed_gunicorn_master_and_nginx_comes_back_with_its_f
         assert server.post([number]).status_code == 200
     # The dead master's and workers' files are folded into the archives: counts go on.
     eventually(lambda: value(parse(scrape(port)), "smsuper_nginx_up") == 1, "nginx's stub_status again")
-    samples = parse(scrape(port))
-    assert value(samples, "smsuper_http_requests_total", route="/invocations", code="200") == 5
+    samples = published(port, "smsuper_http_requests_total", 5, route="/invocations", code="200")
     assert value(samples, "smsuper_child_restarts_total", role="gunicorn") == 1
     assert value(samples, "smsuper_child_restarts_total", role="nginx") == 1
     assert value(samples, "smsuper_child_last_exit_code", role="gunicorn") == 128 + signal.SIGKILL

@@ -190,6 +190,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         settle_exits()  # an exit queued just as the outer call finished
 
     def worker_exit(server: Any, worker: Any) -> None:
+        serving_metrics.publish_pending()
         readiness.mark_gone(runtime, os.getpid())
 
     def worker_abort(worker: Any) -> None:
