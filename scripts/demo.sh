@@ -202,15 +202,17 @@ predictions() {
 metrics() {  # Prometheus text served by PID 1 on SMSUPER_METRICS_PORT
     local text="" lines
     show "curl -s http://127.0.0.1:$METRICS_PORT/metrics"
-    for _ in 1 2 3; do
-        text=$(curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null) && break
-        text=""
-        sleep 0.5
+    # A worker publishes its request counts up to 0.2 s after the request: ask until they are there.
+    for _ in $(seq 20); do
+        text=$(curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null) || text=""
+        case "$text" in *"smsuper_http_requests_total{"*) break ;; esac
+        sleep 0.25
     done
     [ -n "$text" ] || die "no metrics endpoint answered on port $METRICS_PORT"
-    # Prefer the figures this story moved (the build, processes up, requests, model load), then any.
-    lines=$(printf '%s\n' "$text" | grep -E '^smsuper_' | grep -v '_bucket{' \
-        | grep -E '_info[{ ]|_up[{ ]|requests_total[{ ]|model_load' | head -n 8 || true)
+    # Prefer the figures this story moved (requests, the build, processes up, model load), then any.
+    lines=$( { printf '%s\n' "$text" | grep -E '^smsuper_http_requests_total[{ ]'
+               printf '%s\n' "$text" | grep -E '^smsuper_' | grep -v '_bucket{' \
+                   | grep -E '_info[{ ]|_up[{ ]|model_load'; } | head -n 8 || true)
     [ -n "$lines" ] || lines=$(printf '%s\n' "$text" | grep -E '^smsuper_' | head -n 8 || true)
     [ -n "$lines" ] || die "the metrics endpoint answered without any smsuper_ sample"
     say "$(printf '%s\n' "$text" | grep -c '^smsuper_') smsuper_ samples; a few of them:"
