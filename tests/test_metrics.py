@@ -75,6 +75,26 @@ def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
     return parse(scrape(port))
 
 
+class WaitingCommand:
+    """smsuper running a command that waits until `gate` exists (the pass-through job)."""
+
+    def __init__(self, pyz: Path, env: Dict[str, str], gate: Path):
+        self.gate = gate
+        self.proc = subprocess.Popen([sys.executable, str(pyz), "sh", "-c",
+                                      f"while [ ! -f {gate} ]; do sleep 0.02; done"],
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.stderr = ""
+
+    def __enter__(self) -> subprocess.Popen:
+        return self.proc
+
+    def __exit__(self, *exc_info) -> None:
+        self.gate.touch()
+        _, err = self.proc.communicate(timeout=WAIT_LIMIT)
+        self.stderr = err.decode()
+
+
 def scrape_when_up(port: int, proc: subprocess.Popen) -> str:
     box: List[str] = []
 
@@ -358,32 +378,23 @@ def test_training_regexes_turn_log_lines_into_gauges(pyz, base_env, tmp_path):
 
 
 def test_pass_through_command_exports_its_child(pyz, base_env, tmp_path):
-    gate = tmp_path / "gate"
     extra = metrics_env()
-    env = dict(base_env, **extra)
-    proc = subprocess.Popen([sys.executable, str(pyz), "sh", "-c", f"while [ ! -f {gate} ]; do sleep 0.02; done"],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    command = WaitingCommand(pyz, dict(base_env, **extra), tmp_path / "gate")
+    with command as proc:
         text = scrape_when_up(int(extra["SMSUPER_METRICS_PORT"]), proc)
         assert promtool_complaints(text) == ""
         samples = parse(text)
         assert value(samples, "smsuper_child_up", role="command") == 1
         assert value(samples, "smsuper_child_processes", role="command") >= 1
         assert value(samples, "smsuper_child_last_exit_code", role="command") is None
-    finally:
-        gate.touch()
-        proc.communicate(timeout=WAIT_LIMIT)
-    assert proc.returncode == 0
+    assert command.proc.returncode == 0
 
 
 def test_a_bad_request_to_the_endpoint_gets_a_clear_answer_and_the_job_goes_on(pyz, base_env, tmp_path):
-    gate = tmp_path / "gate"
     extra = metrics_env()
     port = int(extra["SMSUPER_METRICS_PORT"])
-    proc = subprocess.Popen([sys.executable, str(pyz), "sh", "-c", f"while [ ! -f {gate} ]; do sleep 0.02; done"],
-                            env=dict(base_env, **extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
+    command = WaitingCommand(pyz, dict(base_env, **extra), tmp_path / "gate")
+    with command as proc:
         scrape_when_up(port, proc)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 404
         assert requests.post(f"http://127.0.0.1:{port}/metrics", data=b"x", timeout=10).status_code == 405
@@ -392,27 +403,19 @@ def test_a_bad_request_to_the_endpoint_gets_a_clear_answer_and_the_job_goes_on(p
             idle.sendall(b"garbage\r\n\r\n")
             assert idle.recv(100).startswith(b"HTTP/1.1 400")
         assert proc.poll() is None
-    finally:
-        gate.touch()
-        proc.communicate(timeout=WAIT_LIMIT)
-    assert proc.returncode == 0
+    assert command.proc.returncode == 0
 
 
 # ---- which port -------------------------------------------------------------------------------
 
 def test_metrics_port_comes_from_the_safe_port_range(pyz, base_env, tmp_path):
-    gate = tmp_path / "gate"
     low = free_port()
     env = dict(base_env, SAGEMAKER_SAFE_PORT_RANGE=f"{low}-{low + 3}")
     env.pop("SMSUPER_METRICS_PORT")
-    proc = subprocess.Popen([sys.executable, str(pyz), "sh", "-c", f"while [ ! -f {gate} ]; do sleep 0.02; done"],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    command = WaitingCommand(pyz, env, tmp_path / "gate")
+    with command as proc:
         assert "smsuper_child_up" in scrape_when_up(low, proc)
-    finally:
-        gate.touch()
-        _, err = proc.communicate(timeout=WAIT_LIMIT)
-    assert f":{low}/metrics" in err.decode()
+    assert f":{low}/metrics" in command.stderr
 
 
 def test_metrics_port_equal_to_the_serving_port_stops_serve_with_a_clear_error(pyz, base_env, tmp_path):

@@ -107,6 +107,15 @@ def opt_ml(root: Path, *, world_writable: bool) -> Path:
     return root
 
 
+def train(image: str, root: Path) -> tuple:
+    """`IMAGE train` with ROOT at /opt/ml; (what the script said of itself, the job's output)."""
+    proc = containers.run(image, ["train"], env={"SAGEMAKER_PROGRAM": "train.py"},
+                          extra=["-v", f"{root}:/opt/ml"], timeout=WAIT_LIMIT)
+    detail = proc.stdout + proc.stderr
+    assert proc.returncode == 0, detail
+    return json.loads((root / "model" / "model.json").read_text()), proc  # written unprivileged, kept
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -196,11 +205,8 @@ def test_a_passed_through_command_runs_as_nobody_without_capabilities(image):
 
 def test_the_training_script_runs_unprivileged_and_its_model_is_kept(image, tmp_path):
     root = opt_ml(tmp_path / "ml", world_writable=False)
-    proc = containers.run(image, ["train"], env={"SAGEMAKER_PROGRAM": "train.py"},
-                          extra=["-v", f"{root}:/opt/ml"], timeout=WAIT_LIMIT)
+    model, proc = train(image, root)
     detail = proc.stdout + proc.stderr
-    assert proc.returncode == 0, detail
-    model = json.loads((root / "model" / "model.json").read_text())  # written unprivileged, kept
     assert_unprivileged(model, detail)
     assert model["cap_bnd"] == 0, detail
     assert (root / "output" / "success").exists()
@@ -231,11 +237,8 @@ def test_serving_workers_and_nginx_run_unprivileged_and_pid1_keeps_only_what_it_
 
 def test_an_image_with_user_1000_trains(user_image, tmp_path):
     root = opt_ml(tmp_path / "ml", world_writable=True)
-    proc = containers.run(user_image, ["train"], env={"SAGEMAKER_PROGRAM": "train.py"},
-                          extra=["-v", f"{root}:/opt/ml"], timeout=WAIT_LIMIT)
+    model, proc = train(user_image, root)
     detail = proc.stdout + proc.stderr
-    assert proc.returncode == 0, detail
-    model = json.loads((root / "model" / "model.json").read_text())
     assert model["uid"] == 1000 and model["cap_eff"] == 0 and model["no_new_privs"] == 1, detail
     assert model["home"] == "/home/trainer", detail
     assert "chown" not in proc.stderr.lower() and "Traceback" not in proc.stderr, detail
