@@ -245,16 +245,16 @@ def build_test_image(suite: str, pyz: Path, record: Optional[BuildRecord] = None
             podman("build", "--quiet", "--pull=never", "-t", tag, context, timeout=BUILD_TIMEOUT)
         if record is not None:
             record.test_image_s[tag] = time.monotonic() - t0
-        _prune_test_images(suite, keep=tag)
+        prune_test_images(f"localhost/smsuper-test-{suite}", keep=tag)
     return tag
 
 
-def _prune_test_images(suite: str, keep: str) -> None:
-    """Each pyz build makes a new test image; drop this suite's ones older than a day.
+def prune_test_images(repository: str, keep: str) -> None:
+    """Each pyz build makes a new test image; drop REPOSITORY's ones older than a day.
 
     Younger ones may belong to another session running right now on this machine.
     """
-    listed = podman("images", "--filter", f"reference=localhost/smsuper-test-{suite}",
+    listed = podman("images", "--filter", f"reference={repository}",
                     "--filter", "until=24h", "--format", "{{.Repository}}:{{.Tag}}", check=False)
     old = [tag for tag in listed.stdout.split() if tag != keep]
     if old:

@@ -83,6 +83,7 @@ def user_image(image) -> str:
                 f"FROM {image}\nRUN useradd --create-home --uid 1000 trainer\nUSER 1000\n")
             containers.podman("build", "--quiet", "--pull=never", "--network", "host", "-t", tag, context,
                               timeout=containers.BUILD_TIMEOUT)
+        containers.prune_test_images(tag.rsplit(":", 1)[0], keep=tag)
     return tag
 
 
