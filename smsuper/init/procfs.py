@@ -50,27 +50,6 @@ def descendants(root: int, include_zombies: bool = True) -> Set[int]:
     return found
 
 
-def usage(pid: int) -> Optional[Tuple[int, float]]:
-    """(resident bytes, CPU seconds of user+system) of one process, or None when gone."""
-    fields = _stat_fields(pid)
-    if not fields:
-        return None
-    # After the name: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
-    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    return int(fields[21]) * _PAGE_SIZE, cpu
-
-
-def tree_usage(root: int) -> Tuple[int, float]:
-    """Resident bytes and CPU seconds of `root` and everything below it."""
-    rss, cpu = 0, 0.0
-    for pid in {root} | descendants(root):
-        one = usage(pid)
-        if one:
-            rss += one[0]
-            cpu += one[1]
-    return rss, cpu
-
-
 def snapshot() -> Dict[int, Tuple[int, int, float, float]]:
     """pid -> (parent pid, resident bytes, CPU seconds of its own, CPU seconds of
     the children it has reaped), for every live process, read once.

@@ -187,17 +187,31 @@ def _parse_key(key: str) -> Tuple[str, str, Tuple[Tuple[str, str], ...], str]:
     return parsed
 
 
+def _combine(how: str, current: Optional[List[float]], value: float, timestamp: float) -> List[float]:
+    """[value, timestamp] of `current` (None at first) combined with one more entry."""
+    if current is None:
+        return [value, timestamp]
+    if how == "sum":
+        current[0] += value
+    elif how == "min":
+        current[0] = min(current[0], value)
+    elif how == "max":
+        current[0] = max(current[0], value)
+    elif timestamp > current[1]:  # mostrecent
+        current[0], current[1] = value, timestamp
+    return current
+
+
 class _Merged:
     """One metric's samples summed (or min/max/most recent) over every file."""
 
-    __slots__ = ("kind", "mode", "help", "values", "stamps", "buckets")
+    __slots__ = ("kind", "mode", "help", "values", "buckets")
 
     def __init__(self, kind: str, mode: str, help_text: str):
         self.kind = kind
         self.mode = mode
         self.help = help_text
-        self.values: Dict[Tuple[str, tuple], float] = {}
-        self.stamps: Dict[Tuple[str, tuple], float] = {}
+        self.values: Dict[Tuple[str, tuple], List[float]] = {}  # series -> [value, timestamp]
         self.buckets: Dict[tuple, Dict[str, float]] = {}
 
     def add(self, sample: str, labels: tuple, value: float, timestamp: float, pid: str) -> None:
@@ -211,24 +225,15 @@ class _Merged:
         if self.kind == "gauge" and mode == "all":
             labels = labels + (("pid", pid),)
         series = (sample, labels)
-        current = self.values.get(series)
-        if self.kind != "gauge" or mode == "sum":
-            self.values[series] = value + (current or 0.0)
-        elif current is None:
-            self.values[series] = value
-            self.stamps[series] = timestamp
-        elif mode == "min":
-            self.values[series] = min(current, value)
-        elif mode == "max":
-            self.values[series] = max(current, value)
-        elif mode == "mostrecent" and timestamp > self.stamps.get(series, 0.0):
-            self.values[series] = value
-            self.stamps[series] = timestamp
+        # Counters, histograms' sums and summaries add up; a gauge combines by its mode ("all"
+        # series are one per pid, so there is nothing to combine).
+        how = mode if self.kind == "gauge" else "sum"
+        self.values[series] = _combine(how, self.values.get(series), value, timestamp)
 
     def family(self, metric: str) -> Family:
         name = metric + "_total" if self.kind == "counter" else metric
         family = Family(name, self.kind, self.help)
-        for (sample, labels), value in sorted(self.values.items()):
+        for (sample, labels), (value, _) in sorted(self.values.items()):
             if not sample.startswith(name):
                 continue  # e.g. a counter's _created, which multiprocess mode does not keep anyway
             family.add_labels(value, labels, sample[len(name):])
@@ -283,20 +288,6 @@ def collect_directory(directory: str) -> Tuple[List[Family], int]:
 
 def _alive(pid: str) -> bool:
     return os.path.exists(f"/proc/{pid}")
-
-
-def _combine(how: str, current: Optional[List[float]], value: float, timestamp: float) -> List[float]:
-    if current is None:
-        return [value, timestamp]
-    if how == "sum":
-        current[0] += value
-    elif how == "min":
-        current[0] = min(current[0], value)
-    elif how == "max":
-        current[0] = max(current[0], value)
-    elif timestamp > current[1]:  # mostrecent
-        current[0], current[1] = value, timestamp
-    return current
 
 
 def compact(directory: str, keep_pids: Iterable[int] = ()) -> int:
