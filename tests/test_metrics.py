@@ -120,6 +120,14 @@ def metrics_env(**extra: str) -> Dict[str, str]:
     return {"SMSUPER_METRICS_PORT": str(free_port()), **extra}
 
 
+def serving_with_metrics(serve, **extra: str) -> Tuple[object, int]:
+    """A ready `smsuper serve` (test_serve's fixture) with its metrics endpoint, and that port."""
+    env = metrics_env(**extra)
+    server = serve(**env)
+    server.wait_ready()
+    return server, int(env["SMSUPER_METRICS_PORT"])
+
+
 # ---- a real Prometheus --------------------------------------------------------------------------
 
 class Prometheus:
@@ -172,10 +180,8 @@ class Prometheus:
 
 
 def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path):
-    extra = metrics_env()
-    server = serve(**extra)
-    server.wait_ready()
-    prometheus = Prometheus(tmp_path / "prometheus", int(extra["SMSUPER_METRICS_PORT"]))
+    server, port = serving_with_metrics(serve)
+    prometheus = Prometheus(tmp_path / "prometheus", port)
     try:
         eventually(lambda: (prometheus.target() or {}).get("health") == "up", "Prometheus to scrape smsuper")
         target = prometheus.target()
@@ -204,10 +210,7 @@ def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path
 # ---- what each job exports ---------------------------------------------------------------------
 
 def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
-    extra = metrics_env()
-    server = serve(**extra)
-    port = int(extra["SMSUPER_METRICS_PORT"])
-    server.wait_ready()
+    server, port = serving_with_metrics(serve)
     for number in range(3):
         assert server.post([number]).status_code == 200
     assert server.post(b"GIF89a", "image/gif").status_code == 415
@@ -251,16 +254,14 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
 
 
 def test_endpoint_answers_while_every_worker_is_busy(serve):
-    extra = metrics_env()
-    server = serve(**extra)
-    server.wait_ready()
+    server, port = serving_with_metrics(serve)
     busy = [background(lambda: server.post({"gate": True})) for _ in range(2)]
     eventually(lambda: in_flight(server.base) == 2, "both workers to be busy")
-    samples = parse(scrape(int(extra["SMSUPER_METRICS_PORT"])))
+    samples = parse(scrape(port))
     assert value(samples, "smsuper_http_requests_in_flight") == 2
     (server.base / "open").touch()
     assert [answer().status_code for answer in busy] == [200, 200]
-    samples = published(int(extra["SMSUPER_METRICS_PORT"]), "smsuper_http_requests_total", 2,
+    samples = published(port, "smsuper_http_requests_total", 2,
                         route="/invocations", code="200")
     assert value(samples, "smsuper_http_requests_in_flight") == 0
 
@@ -268,10 +269,7 @@ def test_endpoint_answers_while_every_worker_is_busy(serve):
 def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
     """SMSUPER_MAX_REQUESTS=1: every request retires its worker. The dead workers'
     files are folded into archives, so a scrape reads a bounded number of files."""
-    extra = metrics_env(SMSUPER_MAX_REQUESTS="1")
-    server = serve(**extra)
-    port = int(extra["SMSUPER_METRICS_PORT"])
-    server.wait_ready()
+    server, port = serving_with_metrics(serve, SMSUPER_MAX_REQUESTS="1")
     sent = 40
     for number in range(sent):
         assert server.post([number]).status_code == 200
@@ -288,10 +286,7 @@ def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
 
 
 def test_a_worker_killed_for_its_timeout_is_counted(serve):
-    extra = metrics_env(SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
-    server = serve(**extra)
-    port = int(extra["SMSUPER_METRICS_PORT"])
-    server.wait_ready()
+    server, port = serving_with_metrics(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
     assert server.post({"sleep": 60}).status_code == 504  # nginx gives up after 1 s
     eventually(lambda: value(parse(scrape(port)), "smsuper_worker_timeouts_total") == 1,
                "gunicorn to kill the stuck worker")
@@ -301,10 +296,7 @@ def test_a_worker_killed_for_its_timeout_is_counted(serve):
 
 
 def test_counts_survive_a_killed_gunicorn_master_and_nginx_comes_back_with_its_figures(serve):
-    extra = metrics_env()
-    server = serve(**extra)
-    port = int(extra["SMSUPER_METRICS_PORT"])
-    server.wait_ready()
+    server, port = serving_with_metrics(serve)
     for number in range(3):
         assert server.post([number]).status_code == 200
     os.kill(server.gunicorn_master(), signal.SIGKILL)
