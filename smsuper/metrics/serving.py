@@ -20,11 +20,13 @@ The request path stays cheap. prometheus_client's multiprocess values check
 getpid() and write their file under a lock on every inc() and observe(): the
 eleven updates of one /invocations cost about 29 µs, a tenth of the whole
 stack's CPU per request (bench/ figure 1). So a worker adds each request's
-count and timings to plain numbers under one lock (_Batch), and a thread of
-its own publishes them at most PUBLISH_DELAY later, and the worker's exit
-hook publishes the rest. Only requests in flight are written at once: that
-gauge is about right now. A worker killed with SIGKILL loses at most its last
-PUBLISH_DELAY of figures.
+count and timings (its phases included, handed over in the WSGI environ) to
+plain numbers under one lock (_Batch), and a thread of its own publishes them
+at most PUBLISH_DELAY later, and the worker's exit hook publishes the rest.
+Only requests in flight are written at once: that gauge is about right now.
+A worker killed with SIGKILL loses at most its last PUBLISH_DELAY of figures.
+getpid() is a system call, and prometheus_client makes one per update to
+notice a fork: its values here ask _pid instead, which the fork hook keeps.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # How late a worker's counts and timings may reach the scrape.
 PUBLISH_DELAY = 0.2
+# Where the app leaves an invocation's phase timings for the middleware to record.
+PHASES_KEY = "smsuper.phase_seconds"
+
+# This process's pid, kept by a fork hook: os.getpid() is a system call per metric update.
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _current_pid() -> int:
+    return _pid[0]
+
 
 _state: Optional["_Metrics"] = None
 
@@ -56,7 +69,10 @@ class _Metrics:
         # prometheus_client picks its value class when it is first imported: the
         # directory must be in the environment by then.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram, values
+
+        # Read when each metric is made; the process_identifier is prometheus_client's own hook.
+        values.ValueClass = values.MultiProcessValue(process_identifier=_current_pid)
 
         self.requests = Counter("smsuper_http_requests", "HTTP requests answered by the gunicorn workers, "
                                 "by route and status code.", ["route", "code"])
@@ -104,17 +120,15 @@ class _Batch:
         self.waiting = threading.Event()  # set when there is something to publish
         self.publisher_pid = 0
 
-    def request(self, route: str, code: str, seconds: float) -> None:
+    def request(self, route: str, code: str, seconds: float,
+                phases: Optional[Iterable[Tuple[str, float]]] = None) -> None:
         with self.lock:
             key = (route, code)
             self.counts[key] = self.counts.get(key, 0) + 1
             self._observe(self.metrics._timed[route], seconds)
-        self._wake()
-
-    def phases(self, phases: Iterable[Tuple[str, float]]) -> None:
-        with self.lock:
-            for name, seconds in phases:
-                self._observe(self.metrics.phase(name), seconds)
+            if phases:
+                for name, phase_seconds in phases:
+                    self._observe(self.metrics.phase(name), phase_seconds)
         self._wake()
 
     def _observe(self, child: Any, seconds: float) -> None:
@@ -125,10 +139,10 @@ class _Batch:
         slot[-1] += seconds
 
     def _wake(self) -> None:
-        if self.publisher_pid != os.getpid():  # first record in this worker (forked from the master)
+        if self.publisher_pid != _pid[0]:  # first record in this worker (forked from the master)
             with self.lock:  # one publisher, even when two threads record the first requests
-                if self.publisher_pid != os.getpid():
-                    self.publisher_pid = os.getpid()
+                if self.publisher_pid != _pid[0]:
+                    self.publisher_pid = _pid[0]
                     self.waiting = threading.Event()
                     threading.Thread(target=self._publish_forever, name="smsuper-metrics", daemon=True).start()
         if not self.waiting.is_set():
@@ -196,17 +210,17 @@ class RequestMetrics:
         finally:
             elapsed = time.perf_counter() - began
             metrics.in_flight.dec()
-            metrics.batch.request(route, status[0], elapsed)
+            metrics.batch.request(route, status[0], elapsed, environ.get(PHASES_KEY))
 
 
 def wrap(app: Callable) -> Callable:
     return RequestMetrics(app) if _state is not None else app
 
 
-def record_phases(phases: Optional[Iterable[Tuple[str, float]]]) -> None:
-    if _state is None or not phases:
-        return
-    _state.batch.phases(phases)
+def record_phases(environ: dict, phases: Optional[Iterable[Tuple[str, float]]]) -> None:
+    """In the app: this invocation's phases, recorded with its request by the middleware."""
+    if _state is not None and phases:
+        environ[PHASES_KEY] = phases
 
 
 def publish_pending() -> None:

@@ -79,7 +79,7 @@ def create_app(service: ModelService) -> Flask:
             return json_error(error.status, error.message, {"Retry-After": "1"})
         except Exception as error:
             return _error_response(error)
-        record_phases(context.phase_seconds)
+        record_phases(environ, context.phase_seconds)
         if isinstance(answer, tuple):
             payload, content_type = answer
             response = Response(payload, status=200, content_type=content_type)
