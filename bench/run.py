@@ -335,7 +335,8 @@ def _markdown(meta: Dict, warnings: List[str], table: report.Table) -> str:
         f"{meta['git']['commit']}" + (f" plus uncommitted changes to {', '.join(meta['git']['uncommitted_product_changes'])}"
                                       if meta['git']['uncommitted_product_changes'] else ""),
         f"- Python {meta['python']}; {meta['nginx']}; {meta['wrk']}; {meta['libraries']}; "
-        f"{meta['workers']} sync workers everywhere; smsuper's workloads run as {meta['workload_user']}",
+        f"{meta['workers']} sync workers everywhere (smsuper's keep nginx's connections open); "
+        f"smsuper's workloads run as {meta['workload_user']}",
         f"- this machine's base Python start-up hooks (not used here) cost {hook['host_python_start_ms']} ms and "
         f"{hook['host_python_max_rss_mib']} MiB per process vs {hook['clean_python_start_ms']} ms and "
         f"{hook['clean_python_max_rss_mib']} MiB clean",

@@ -1,7 +1,8 @@
 """The gunicorn master (`python smsuper.pyz _gunicorn ...`), through gunicorn's application API.
 
 Sync workers by default (CPU-bound models, one request per worker at a
-time); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
+time) that keep nginx's connections open between fast requests
+(keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
 timeouts and preloading come from ServeConfig. gunicorn writes no access log
 (nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`
 and `gunicorn: worker [smsuper serve]`.
@@ -45,9 +46,10 @@ from .runtime import RuntimeDir
 
 PROC_NAME = "smsuper serve"
 PR_SET_PDEATHSIG = 1
-# gthread workers keep idle connections longer than nginx does, so gunicorn never closes
+# Workers keep idle connections longer than nginx does, so gunicorn never closes
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
-GTHREAD_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
+WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
+KEEPALIVE_WORKER = "smsuper.serve.keepalive_worker.KeepAliveWorker"
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -249,11 +251,11 @@ class ServeApplication(BaseApplication):
         options: Dict[str, Any] = {
             "bind": [self.bind],
             "workers": config.workers,
-            "worker_class": "gthread" if config.threads > 1 else "sync",
+            "worker_class": self.worker_class(),
             "threads": config.threads,
             "timeout": config.worker_timeout,
             "graceful_timeout": int(config.stop_deadline),
-            "keepalive": GTHREAD_KEEPALIVE,
+            "keepalive": WORKER_KEEPALIVE,
             "preload_app": config.preload,
             "max_requests": config.max_requests,
             "max_requests_jitter": config.max_requests // 10,
@@ -268,6 +270,12 @@ class ServeApplication(BaseApplication):
             options["logger_class"] = JsonLogger
         options.update(_hooks(self.runtime, config))
         return options
+
+    def worker_class(self) -> str:
+        if self.config.threads > 1:
+            return "gthread"
+        # Behind nginx only: it is the client that keeps connections the way the worker expects.
+        return KEEPALIVE_WORKER if self.bind.startswith("unix:") else "sync"
 
     def load_config(self) -> None:
         # Before the app loads (preload) and before any worker forks, so every process records.

@@ -38,7 +38,9 @@ from .runtime import NGINX_TEMP_KINDS, RuntimeDir
 
 MEMORY_BUFFER_CAP = 16 * 1024 * 1024  # beyond this, large batch-transform bodies spool to disk
 PROXY_BUFFER = 64 * 1024
-UPSTREAM_KEEPALIVE_TIMEOUT = 60  # gunicorn's keepalive is longer, so nginx always closes first
+# nginx closes an idle connection to a worker after this long; gunicorn's keepalive is
+# longer, so nginx always closes first. Short, because a retiring worker waits for it.
+UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
 
 Version = Tuple[int, ...]
