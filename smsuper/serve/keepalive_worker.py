@@ -159,13 +159,16 @@ class KeepAliveWorker(SyncWorker):
                 if error.errno in (errno.EINTR, errno.EBADF):
                     continue
                 raise
-            served = False
+            # One request from each ready kept connection per pass, and as many from the
+            # listener's backlog (plus one): under load some kept connection is always
+            # ready, and the backlog, where nginx's extra connections wait, would starve.
+            served = 0
             for sock in ready:
                 with self.kept_lock:
                     state = self.kept.pop(sock, None)
                 if state is not None:
                     self._serve(sock, state)
-                    served = True
+                    served += 1
             for sock in ready:
                 if sock is hand_over.take:
                     listener = self.sockets[0]
@@ -177,8 +180,10 @@ class KeepAliveWorker(SyncWorker):
                         os.read(self.PIPE[0], 4096)
                     except OSError:
                         pass
-                elif sock in self.sockets and not served and self.alive:
-                    self._accept(sock)
+                elif sock in self.sockets:
+                    for _ in range(served + 1):
+                        if not self.alive or not self._accept(sock):
+                            break
             self._close_stale()
             if not self.is_parent_alive():
                 break
@@ -213,16 +218,18 @@ class KeepAliveWorker(SyncWorker):
             for sock in hand_over.offer(movable):
                 self.kept[sock] = _Kept(http.RequestParser(self.cfg, sock, ""), self.sockets[0], "")
 
-    def _accept(self, listener: Any) -> None:
+    def _accept(self, listener: Any) -> bool:
+        """Serve the first request of a new connection; False when none was waiting."""
         try:
             client, addr = listener.accept()
         except OSError as error:
             if error.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return
+                return False
             raise
         client.setblocking(1)
         util.close_on_exec(client)
         self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr))
+        return True
 
     def _close_stale(self) -> None:
         """Only for an nginx without an upstream keepalive_timeout (before 1.15.3)."""

@@ -167,7 +167,7 @@ http {{
 
     upstream {UPSTREAM} {{
         server unix:{runtime.socket} max_fails=0;
-        keepalive 32;
+        keepalive 64;
 {upstream_keepalive_timeout}    }}
 
     server {{
