@@ -1,7 +1,7 @@
 """The gunicorn master (`python smsuper.pyz _gunicorn ...`), through gunicorn's application API.
 
 Sync workers by default (CPU-bound models, one request per worker at a
-time) that keep nginx's connections open between fast requests
+time) that keep nginx's connections open between requests
 (keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
 timeouts and preloading come from ServeConfig. gunicorn writes no access log
 (nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`

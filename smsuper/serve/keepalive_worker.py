@@ -171,10 +171,10 @@ class KeepAliveWorker(SyncWorker):
                     served += 1
             for sock in ready:
                 if sock is hand_over.take:
-                    listener = self.sockets[0]
                     with self.kept_lock:
                         for taken in hand_over.receive():
-                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), listener, "")
+                            # A unix socket's peer has no address; gunicorn's own accept() says "" too.
+                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "")
                 elif sock == self.PIPE[0]:
                     try:
                         os.read(self.PIPE[0], 4096)
@@ -212,11 +212,11 @@ class KeepAliveWorker(SyncWorker):
         with self.kept_lock:
             if not self.kept or hand_over is None:
                 return
-            movable = [sock for sock, state in self.kept.items() if state.clean()]
+            movable = {sock: state for sock, state in self.kept.items() if state.clean()}
             for sock in movable:
                 del self.kept[sock]
-            for sock in hand_over.offer(movable):
-                self.kept[sock] = _Kept(http.RequestParser(self.cfg, sock, ""), self.sockets[0], "")
+            for sock in hand_over.offer(list(movable)):
+                self.kept[sock] = movable[sock]
 
     def _accept(self, listener: Any) -> bool:
         """Serve the first request of a new connection; False when none was waiting."""
