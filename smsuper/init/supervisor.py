@@ -189,11 +189,17 @@ class Supervisor:
         self._wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         self._selector.register(self._wakeup_read, selectors.EVENT_READ, self._drain_wakeup)
+        handled = []
         for signum in FORWARDED + [signal.SIGCHLD]:
             try:
                 signal.signal(signum, self._record_signal)
+                handled.append(signum)
             except (OSError, ValueError):
                 pass
+        # A launcher may have left some of them blocked (the mask survives exec): a blocked
+        # SIGCHLD would hide every exit, a blocked SIGTERM every `docker stop`. Signals
+        # pending since then arrive now, and the handlers above record them.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
     def _record_signal(self, signum: int, _frame) -> None:
         # A handler only records: acting here could re-enter the loop's state.

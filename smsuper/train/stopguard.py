@@ -30,6 +30,8 @@ def _raise(signum: int, _frame) -> None:
 @contextmanager
 def stop_guard() -> Iterator[None]:
     previous = {signum: signal.signal(signum, _raise) for signum in GUARDED}
+    # A launcher may have left them blocked: a stop would then wait for the supervisor.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARDED)
     try:
         yield
     finally:
