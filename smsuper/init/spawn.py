@@ -12,6 +12,12 @@ dispositions for every signal (SIGPIPE included: Python ignores it), an empty
 signal mask, only fds 0-2 open, then the credentials. An exec failure is sent
 back over a close-on-exec pipe, so the parent can answer 127 (not found) or
 126 (not executable) like a shell would.
+
+A program the workload's user cannot reach (under root's 0700 home, or a
+script whose interpreter is there) is 126 with a message that names the path,
+the user and the directory or mode to change. The child, already that user,
+finds what stops it; only whether an unreachable path exists at all needs
+PID 1's eyes (a plain stat, which follows nothing it could act on).
 """
 
 from __future__ import annotations
@@ -76,7 +82,10 @@ class ChildSpec:
         relay: bool = False,
         on_stdout: Optional[Callable[[bytes], None]] = None,
         on_stderr: Optional[Callable[[bytes], None]] = None,
-        stop_signal: int = signal.SIGTERM,  # what a graceful stop sends (nginx wants SIGQUIT)
+        # What a graceful stop sends, whichever stop signal PID 1 received (nginx: SIGQUIT,
+        # the gunicorn master: SIGTERM). None: the signal received, or the job's rewrite of it
+        # (SMSUPER_STOP_SIGNAL), SIGTERM when the stop is PID 1's own decision.
+        stop_signal: Optional[int] = None,
         restart: bool = False,  # restarted with backoff while the job runs
         foreground: bool = False,  # take the controlling terminal when stdin is one
         extra: Optional[dict] = None,  # free slot for the job's own bookkeeping
@@ -132,8 +141,8 @@ def spawn(spec: ChildSpec, stdout_fd: int = 1, stderr_fd: int = 2) -> int:
     os.close(error_read)
     if report:
         os.waitpid(pid, 0)  # reap it here: the supervisor never learns of this pid
-        code, _, text = report.decode("utf-8", "replace").partition(":")
-        raise SpawnError(int(code), f"{spec.argv[0]}: {text}")
+        code, text = _explain(spec, report.decode("utf-8", "replace"))
+        raise SpawnError(code, f"{spec.argv[0]}: {text}")
     return pid
 
 
@@ -208,27 +217,122 @@ def _drop_to(creds: Credentials, cap_last: int) -> None:
         capabilities.set_no_new_privs()
 
 
+class _Unreachable(Exception):
+    """Candidates this user may not reach: [(path, the denial, the path whose existence PID 1 must check)]."""
+
+    def __init__(self, denials: list):
+        super().__init__("permission denied")
+        self.denials = denials
+
+
 def _exec_first(candidates: list, argv: list, env: dict) -> None:
     """execve each PATH candidate in turn, keeping the most telling error."""
     saved: Optional[OSError] = None
+    denials = []
     for path in candidates:
         try:
             os.execve(path, argv, env)
         except OSError as failure:
-            if failure.errno == errno.EACCES and not _visible(path):
-                # A PATH directory this (unprivileged) user cannot search, such as
-                # /root/...: the program is not there for it. execvp would answer
-                # EACCES, and "cannot execute" for a program that exists nowhere misleads.
-                failure = OSError(errno.ENOENT, "not found")
-            # ENOENT/ENOTDIR: keep looking. Anything else (EACCES...) is the
-            # answer unless a later candidate runs, as execvp does.
-            if failure.errno not in (errno.ENOENT, errno.ENOTDIR) or saved is None:
-                if saved is None or saved.errno in (errno.ENOENT, errno.ENOTDIR):
-                    saved = failure
+            if failure.errno == errno.EACCES:
+                # Keep looking, as execvp does: a later candidate may run. Whether this
+                # one exists behind the closed door is for PID 1 to say.
+                denials.append(_why_denied(os.fsdecode(path)))
+                continue
+            # ENOENT/ENOTDIR: keep looking. Anything else is the answer unless a later
+            # candidate runs, as execvp does.
+            if saved is None or saved.errno in (errno.ENOENT, errno.ENOTDIR):
+                saved = failure
+    if saved is not None and saved.errno not in (errno.ENOENT, errno.ENOTDIR):
+        raise saved
+    if denials:
+        raise _Unreachable(denials)
     raise saved if saved else OSError(errno.ENOENT, "not found")
 
 
-def _visible(path: str) -> bool:
+def _why_denied(path: str, depth: int = 0) -> tuple:
+    """(path, why this user may not run it, the path hidden from it or ""), seen as the user."""
+    closed = _closed_directory(path)
+    if closed:
+        return (path, f"cannot enter {_describe(closed)}|{closed}", path)
+    if not os.access(path, os.X_OK):
+        return (path, f"may not execute {_describe(path)}|file", "")
+    interpreter = _interpreter(path) if depth == 0 else ""
+    if interpreter:
+        inner = _why_denied(interpreter, depth + 1)
+        return (path, f"interpreter:{inner[0]}|{inner[1]}", inner[2])
+    return (path, "", "")
+
+
+def _closed_directory(path: str) -> str:
+    """The first directory on the way to `path` this process may not enter, or ""."""
+    directory = os.path.dirname(os.path.abspath(path))
+    parts = [p for p in directory.split("/") if p]
+    current = "/"
+    for part in [""] + parts:
+        current = os.path.join(current, part) if part else current
+        if not os.access(current, os.X_OK):
+            return current
+    return ""
+
+
+def _describe(path: str) -> str:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    return f"{path} (mode {info.st_mode & 0o7777:04o}, owner {_user_name(info.st_uid)})"
+
+
+def _interpreter(path: str) -> str:
+    """A script's `#!` interpreter, read as the user (a script it may run but not read is its own problem)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        head = os.read(fd, 256)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    if not head.startswith(b"#!"):
+        return ""
+    words = head[2:].split(b"\n", 1)[0].split()
+    return os.fsdecode(words[0]) if words else ""
+
+
+def _report_and_exit(error_write: int, failure: BaseException) -> None:
+    try:
+        if isinstance(failure, _Unreachable):
+            text = "\0".join("\t".join(denial) for denial in failure.denials)
+            code = "denied"
+        elif isinstance(failure, OSError) and failure.errno in (errno.ENOENT, errno.ENOTDIR):
+            code, text = "127", "not found"
+        elif isinstance(failure, OSError) and failure.errno in (errno.ENOEXEC, errno.EISDIR, errno.EPERM):
+            code, text = "126", f"cannot execute: {os.strerror(failure.errno)}"
+        else:
+            code, text = "126", f"cannot start: {failure}"
+        os.write(error_write, f"{code}:{text}".encode("utf-8", "replace"))
+    finally:
+        os._exit(127)
+
+
+def _explain(spec: ChildSpec, report: str) -> Tuple[int, str]:
+    """The child's report as (exit code, message), in PID 1."""
+    code, _, text = report.partition(":")
+    if code != "denied":
+        return int(code), text
+    for entry in text.split("\0"):
+        path, why, hidden = entry.split("\t")
+        # Behind a closed directory the child cannot tell a missing program from a present
+        # one: a PATH entry like /root/.local/bin without it is not this program's place.
+        if hidden and not _exists(hidden):
+            continue
+        return 126, _denied_message(spec, path, why)
+    return 127, "not found"
+
+
+def _exists(path: str) -> bool:
     try:
         os.stat(path)
         return True
@@ -236,17 +340,33 @@ def _visible(path: str) -> bool:
         return False
 
 
-def _report_and_exit(error_write: int, failure: BaseException) -> None:
+def _denied_message(spec: ChildSpec, path: str, why: str) -> str:
+    uid = spec.credentials.uid if spec.credentials is not None else os.geteuid()
+    who = f"user {_user_name(uid)} (uid {uid})"
+    subject = "" if path == spec.argv[0] else f"{path}: "
+    if why.startswith("interpreter:"):
+        interpreter, _, why = why[len("interpreter:"):].partition("|")
+        subject = f"{subject}its interpreter {interpreter}: "
+        path = interpreter
+    detail, _, where = why.partition("|")
+    if not detail:
+        return f"permission denied for {who}: {path} cannot be executed by it"
+    if where == "file":
+        fix = f"make it executable for that user (e.g. chmod o+rx {path})"
+    else:
+        fix = f"let that user enter {where} (e.g. chmod o+x {where}), or install {os.path.basename(path)} elsewhere"
+    if spec.credentials is not None:
+        fix += ", or set SMSUPER_USER to an account that may run it"
+    return f"permission denied: {subject}{who} {detail}; {fix}"
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
     try:
-        if isinstance(failure, OSError) and failure.errno in (errno.ENOENT, errno.ENOTDIR):
-            code, text = 127, "not found"
-        elif isinstance(failure, OSError) and failure.errno in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
-            code, text = 126, f"cannot execute: {os.strerror(failure.errno)}"
-        else:
-            code, text = 126, f"cannot start: {failure}"
-        os.write(error_write, f"{code}:{text}".encode("utf-8", "replace"))
-    finally:
-        os._exit(127)
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _read_all(fd: int) -> bytes:
