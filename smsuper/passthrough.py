@@ -39,7 +39,9 @@ def main(args: List[str]) -> int:
     privileges.share_std_streams(account)
     if os.getpid() != 1:
         capabilities.become_subreaper()
-    supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
+    supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace,
+                            rewrite_stop=settings.value("SMSUPER_STOP_SIGNAL"),
+                            success_codes=settings.value("SMSUPER_SUCCESS_EXIT_CODES"))
     set_title(f"smsuper: init [{os.path.basename(args[0])}]")
     from . import metrics
 

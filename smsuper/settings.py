@@ -99,6 +99,35 @@ def _choice(*options: str) -> Parser:
     return parse
 
 
+def _signal(text: str) -> Optional[int]:
+    """A signal by name (SIGINT, INT) or number; empty: unset."""
+    import signal
+
+    word = text.strip().upper()
+    if not word:
+        return None
+    if word.isdigit():
+        number = int(word)
+    else:
+        found = getattr(signal, word if word.startswith("SIG") else "SIG" + word, None)
+        if not isinstance(found, signal.Signals) or found.name.startswith("SIG_"):
+            raise ValueError(text)
+        number = int(found)
+    if not 1 <= number < signal.NSIG or number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+        raise ValueError(text)
+    return number
+
+
+def _exit_codes(text: str) -> Tuple[int, ...]:
+    codes = []
+    for word in text.replace(",", " ").split():
+        code = int(word)
+        if not 0 <= code <= 255:
+            raise ValueError(text)
+        codes.append(code)
+    return tuple(codes)
+
+
 def _text(text: str) -> str:
     return text
 
@@ -157,6 +186,16 @@ _DECLARED: Iterable[Setting] = (
             "Seconds between the graceful stop signal and SIGKILL of every remaining process.",
             "a number of seconds >= 0",
             default_doc="110 for train, 25 for serve, 8 for other commands"),
+    Setting("SMSUPER_STOP_SIGNAL", _signal, None,
+            "Signal the workload gets instead of the stop signal PID 1 received (SIGTERM, SIGINT, or SIGQUIT in "
+            "serve), and when smsuper stops it on its own; the grace period and SIGKILL still follow. serve's "
+            "nginx and gunicorn always get the signal that drains them.",
+            "a signal name (SIGINT, INT) or number other than SIGKILL, SIGSTOP and SIGCHLD",
+            jobs=("command", "train"), default_doc="(unset): the received signal, SIGTERM for smsuper's own stops"),
+    Setting("SMSUPER_SUCCESS_EXIT_CODES", _exit_codes, (),
+            "Exit codes of the command or training program that count as success: smsuper exits 0 (and train "
+            "writes no failure file). 128+N means death by signal N, so 143 covers SIGTERM as well.",
+            "exit codes 0-255, comma- or space-separated", jobs=("command", "train"), default_doc="(unset)"),
     Setting("SMSUPER_CACHE_DIR", _text, "",
             "Where the pyz unpacks its libraries (with compiled bytecode and setproctitle's extension).",
             "a directory path",

@@ -24,9 +24,11 @@ import requests
 try:  # tests/ as a package or as a rootdir on sys.path
     from .test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually, free_port,
                              in_flight, nginx_writing, serve, title_of)  # noqa: F401  (serve: fixture)
+    from .test_train import environment as train_environment, layout as train_layout
 except ImportError:
     from test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually,  # type: ignore
                             free_port, in_flight, nginx_writing, serve, title_of)  # noqa: F401
+    from test_train import environment as train_environment, layout as train_layout  # type: ignore
 
 HAS_NGINX = os.path.exists("/usr/sbin/nginx")
 
@@ -138,3 +140,197 @@ def test_started_with_sigterm_blocked_sigterm_is_forwarded_and_the_grace_period_
     # The child ignores it: the grace period ends in SIGKILL, as `docker stop` expects of PID 1.
     assert job.wait() == 128 + signal.SIGKILL, job.stderr()
     assert "grace period of 2 s is over" in job.stderr()
+
+
+# ---- serve: every stop signal drains ------------------------------------------------------------
+
+needs_nginx = pytest.mark.skipif(not HAS_NGINX, reason="nginx is not installed (scripts/install-test-deps.sh)")
+
+
+@needs_nginx
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
+def test_sigint_and_sigquit_complete_every_request_in_flight_like_sigterm(serve, signum):
+    metrics_port = free_port()
+    server = serve(SMSUPER_METRICS_PORT=str(metrics_port))
+    server.wait_ready()
+    # Two requests hold both workers; two more wait in gunicorn's socket backlog.
+    requests_ = [background(lambda: server.post({"gate": True})) for _ in range(4)]
+    eventually(lambda: in_flight(server.base) == 2, "both workers to be busy")
+    eventually(lambda: nginx_writing(metrics_port) >= 5, "nginx to hold the four requests")
+    os.kill(server.init_pid(), signum)
+    eventually(lambda: f"received {signal.Signals(signum).name}" in server.stderr(), "smsuper to take the signal")
+    (server.base / "open").touch()
+    answers = [r() for r in requests_]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert all(a.json()["gated"] for a in answers)
+    assert server.proc.wait(timeout=WAIT_LIMIT) == 0, server.stderr()
+
+
+# ---- SMSUPER_STOP_SIGNAL: the stop signal rewritten --------------------------------------------
+
+CHECKPOINTS_ON_KEYBOARD_INTERRUPT = """
+import sys, time
+print("ready", flush=True)
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("checkpoint written", flush=True)
+    sys.exit(5)
+"""
+
+
+def test_stop_signal_rewrite_gives_the_command_sigint_for_sigterm(init, tmp_path):
+    program = tmp_path / "checkpointing.py"
+    program.write_text(CHECKPOINTS_ON_KEYBOARD_INTERRUPT)
+    job = init(sys.executable, str(program), env={"SMSUPER_STOP_SIGNAL": "SIGINT"})
+    job.wait_for("ready")
+    os.kill(job.pid(), signal.SIGTERM)
+    assert job.wait() == 5, job.stderr()
+    assert "checkpoint written" in job.stdout()
+
+
+def test_stop_signal_rewrite_still_ends_in_sigkill_after_the_grace_period(init, stubborn):
+    job = init(sys.executable, stubborn, env={"SMSUPER_STOP_SIGNAL": "INT", "SMSUPER_GRACE_PERIOD": "2"})
+    job.wait_for("ready")
+    os.kill(job.pid(), signal.SIGTERM)
+    job.wait_for("got SIGINT")
+    assert job.wait() == 128 + signal.SIGKILL, job.stderr()
+    assert "got SIGTERM" not in job.stdout()
+    assert "grace period of 2 s is over" in job.stderr()
+
+
+def test_stop_signal_rewrite_reaches_the_training_script(init, tmp_path):
+    base = train_layout(tmp_path / "ml", CHECKPOINTS_ON_KEYBOARD_INTERRUPT)
+    env = train_environment({}, base, SAGEMAKER_PROGRAM="train.py", SMSUPER_STOP_SIGNAL="SIGINT")
+    job = init("train", env=env)
+    job.wait_for("ready")
+    os.kill(job.pid(), signal.SIGTERM)
+    assert job.wait() == 5, job.stderr()
+    assert "checkpoint written" in job.stdout()
+    assert "train.py exited with code 5." in (base / "output" / "failure").read_text()
+
+
+def test_a_bad_stop_signal_stops_at_start_naming_the_setting(pyz, base_env):
+    result = subprocess.run([sys.executable, str(pyz), "true"], env=dict(base_env, SMSUPER_STOP_SIGNAL="SIGKIL"),
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "SMSUPER_STOP_SIGNAL" in result.stderr and "signal name" in result.stderr
+
+
+# ---- SMSUPER_SUCCESS_EXIT_CODES ----------------------------------------------------------------
+
+@pytest.mark.parametrize("command, expected", [
+    ("exit 143", 0),  # a JVM's answer to SIGTERM
+    ("kill -TERM $$", 0),  # 143 as well: death by SIGTERM
+    ("exit 3", 3),  # any other code is kept
+], ids=["exit-143", "killed-by-sigterm", "exit-3"])
+def test_success_exit_codes_become_exit_0(init, command, expected):
+    job = init("sh", "-c", command, env={"SMSUPER_SUCCESS_EXIT_CODES": "143"})
+    assert job.wait() == expected, job.stderr()
+
+
+def test_success_exit_codes_make_a_training_job_succeed(init, tmp_path):
+    base = train_layout(tmp_path / "ml", "import sys\nsys.exit(143)\n")
+    env = train_environment({}, base, SAGEMAKER_PROGRAM="train.py", SMSUPER_SUCCESS_EXIT_CODES="1,143")
+    job = init("train", env=env)
+    assert job.wait() == 0, job.stderr()
+    assert (base / "output" / "success").exists()
+    assert not (base / "output" / "failure").exists()
+
+
+def test_bad_success_exit_codes_stop_at_start_naming_the_setting(pyz, base_env):
+    result = subprocess.run([sys.executable, str(pyz), "true"],
+                            env=dict(base_env, SMSUPER_SUCCESS_EXIT_CODES="143,300"), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "SMSUPER_SUCCESS_EXIT_CODES" in result.stderr
+
+
+# ---- a program the workload's user cannot reach: 126, not "not found" --------------------------
+
+@pytest.fixture()
+def private(tmp_path) -> Path:
+    """A directory only root may enter (like root's home), holding an executable `prog`."""
+    directory = tmp_path / "private"
+    directory.mkdir(mode=0o700)
+    program = directory / "prog"
+    program.write_text("#!/bin/sh\necho ran\n")
+    program.chmod(0o755)
+    return directory
+
+
+@pytest.fixture()
+def open_dir():
+    """A directory everyone may enter, outside pytest's root-only tree."""
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="smsuper-signals-"))
+    directory.chmod(0o755)
+    yield directory
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_as_nobody(pyz: Path, base_env: dict, *command: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(pyz), *command], env=dict(base_env, SMSUPER_USER="nobody", **env),
+                          cwd="/", capture_output=True, text=True, timeout=WAIT_LIMIT)
+
+
+def first_closed_directory(path: Path) -> str:
+    """The first directory on the way to `path` that others may not enter."""
+    for parent in reversed(path.parents):
+        if not parent.stat().st_mode & 0o001:
+            return str(parent)
+    raise AssertionError(f"every directory above {path} is open")
+
+
+def assert_names_path_user_and_fix(stderr: str, path: str, closed: str) -> None:
+    lines = stderr.strip().splitlines()
+    message = [line for line in lines if path in line]
+    assert message, stderr
+    assert "permission denied" in message[0] and "nobody" in message[0], message[0]
+    assert closed in message[0] and f"chmod o+x {closed}" in message[0], message[0]
+    assert "SMSUPER_USER" in message[0], message[0]
+
+
+def test_a_program_under_a_closed_directory_is_126_naming_path_user_and_fix(pyz, base_env, private):
+    program = private / "prog"
+    result = run_as_nobody(pyz, base_env, str(program))
+    assert result.returncode == 126, result.stderr
+    assert_names_path_user_and_fix(result.stderr, str(program), first_closed_directory(program))
+
+
+def test_a_program_found_on_path_under_a_closed_directory_is_126(pyz, base_env, private):
+    result = run_as_nobody(pyz, base_env, "prog", PATH=f"{private}:{base_env['PATH']}")
+    assert result.returncode == 126, result.stderr
+    assert_names_path_user_and_fix(result.stderr, str(private / "prog"), first_closed_directory(private / "prog"))
+
+
+def test_a_program_on_no_path_is_still_127_even_past_a_closed_path_directory(pyz, base_env, private):
+    result = run_as_nobody(pyz, base_env, "no-such-program-xyz", PATH=f"{private}:{base_env['PATH']}")
+    assert result.returncode == 127, result.stderr
+    assert "no-such-program-xyz: not found" in result.stderr
+
+
+def test_a_script_whose_interpreter_is_under_a_closed_directory_is_126(pyz, base_env, private, open_dir):
+    interpreter = private / "sh"
+    interpreter.symlink_to("/bin/sh")
+    script = open_dir / "job.sh"
+    script.write_text(f"#!{interpreter}\necho ran\n")
+    script.chmod(0o755)
+    result = run_as_nobody(pyz, base_env, str(script))
+    assert result.returncode == 126, result.stderr
+    assert_names_path_user_and_fix(result.stderr, str(interpreter), first_closed_directory(interpreter))
+    assert str(script) in result.stderr
+
+
+def test_a_file_the_user_may_not_execute_is_126_naming_its_mode(pyz, base_env, open_dir):
+    program = open_dir / "prog"
+    program.write_text("#!/bin/sh\necho ran\n")
+    program.chmod(0o700)
+    result = run_as_nobody(pyz, base_env, str(program))
+    assert result.returncode == 126, result.stderr
+    assert str(program) in result.stderr and "nobody" in result.stderr and "0700" in result.stderr
+    assert f"chmod o+rx {program}" in result.stderr, result.stderr
+

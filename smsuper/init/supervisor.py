@@ -5,14 +5,22 @@ wakeup fd makes the loop notice); the loop does everything else. One table
 holds the children the job asked for; any other process that dies here is an
 orphan re-parented to us and is simply reaped.
 
-Stopping, whoever asks (a signal, the primary child's exit, the job):
-1. each child gets its stop signal (or the signal that was received) in its
-   whole process group; a grace period starts;
+Stopping, whoever asks (a stop signal, the primary child's exit, the job):
+1. each child gets its own stop signal if it has one (nginx: SIGQUIT),
+   else the job's rewrite (SMSUPER_STOP_SIGNAL), else the stop signal that
+   was received (SIGTERM when nobody sent one), in its whole process group;
+   a grace period starts;
 2. once the children are gone, any leftover descendants get SIGTERM;
 3. when the grace period ends, everything still alive gets SIGKILL;
 4. the loop ends when nothing is left to reap and every relay hit EOF.
-The exit code is the primary child's (128+N for a signal), or what the job
-said when it gave up, or 0 when every child stopped cleanly.
+The exit code is the primary child's (128+N for a signal; 0 when the job
+counts that code as success), or what the job said when it gave up, or 0
+when every child stopped cleanly.
+
+The loop never bails: a callback that raises (an output hook, a timer, the
+job's exit hook) is logged once with its traceback and turns into the same
+graceful stop, exit code 1 unless one is known; a callback registered as a
+chore (the metrics endpoint) only costs a warning.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import time
 from collections import deque
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable, Deque, Dict, List, Optional
+    from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
 from .. import log, redact
 from . import procfs
@@ -36,7 +44,12 @@ from .spawn import ALL_SIGNALS, ChildSpec, spawn
 
 # Signals PID 1 must not pass on: the kernel sends SIGCHLD about our own children.
 FORWARDED = [s for s in ALL_SIGNALS if s != signal.SIGCHLD and s < 32]
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Received by PID 1, these stop the job gracefully; every other signal is forwarded.
+# SIGQUIT is forwarded by default: a JVM prints its threads on it, a shell dumps core.
+DEFAULT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What a child gets when the stop is PID 1's own (no signal received, no rewrite).
+OWN_STOP_SIGNAL = signal.SIGTERM
+INTERNAL_ERROR_CODE = 1
 
 
 def signal_name(signum: int) -> str:
@@ -114,10 +127,18 @@ def _give_pipes_to(credentials, *fds: int) -> None:
 
 
 class Supervisor:
-    def __init__(self, grace_period: float, restart_limit: int = 5, restart_window: float = 60.0):
+    def __init__(self, grace_period: float, restart_limit: int = 5, restart_window: float = 60.0,
+                 stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS, rewrite_stop: Optional[int] = None,
+                 success_codes: Iterable[int] = ()):
         self.grace_period = grace_period
         self.restart_limit = restart_limit
         self.restart_window = restart_window
+        self.stop_signals = frozenset(stop_signals)
+        # Sent instead of the stop signal to every child without a stop signal of its own
+        # (dumb-init's --rewrite: SIGINT for code that checkpoints on KeyboardInterrupt).
+        self.rewrite_stop = rewrite_stop
+        # The primary child's exit codes that count as success (tini's -e: a JVM's 143).
+        self.success_codes = frozenset(success_codes)
         self.children: List[Child] = []
         self.on_exit: Optional[Callable[[Child, ExitStatus], None]] = None
         self.on_stop: Optional[Callable[[], None]] = None  # called once when stopping begins
@@ -217,7 +238,7 @@ class Supervisor:
             signum = self._signals.popleft()
             if signum == signal.SIGCHLD:
                 continue  # _reap runs every turn of the loop anyway
-            if signum in STOP_SIGNALS:
+            if signum in self.stop_signals:
                 self._begin_stop(f"received {signal_name(signum)}", signum)
             else:
                 log.debug(f"forwarding {signal_name(signum)}")
@@ -250,14 +271,17 @@ class Supervisor:
             if self.on_stop is not None:
                 self.on_stop()
         for child in self._live_children():
-            # A received SIGINT/SIGTERM is passed on as it is, unless the child
-            # asked for its own graceful signal (nginx: SIGQUIT).
-            signum = child.spec.stop_signal
-            if received is not None and child.spec.stop_signal == signal.SIGTERM:
-                signum = received
-            self._signal_group(child, signum)
+            self._signal_group(child, self._stop_signal_for(child, received))
         if not self._live_children():
             self._stop_leftovers()
+
+    def _stop_signal_for(self, child: Child, received: Optional[int]) -> int:
+        # A server's own graceful signal wins: what reaches it must be what drains it.
+        if child.spec.stop_signal is not None:
+            return child.spec.stop_signal
+        if self.rewrite_stop is not None:
+            return self.rewrite_stop
+        return received if received is not None else OWN_STOP_SIGNAL
 
     def _stop_leftovers(self) -> None:
         """Descendants that outlived the children get SIGTERM once."""
@@ -370,6 +394,9 @@ class Supervisor:
         if child.primary:
             if self.exit_code is None:
                 self.exit_code = status.code
+                if status.code in self.success_codes:
+                    log.info(f"exit code {status.code} counts as success (SMSUPER_SUCCESS_EXIT_CODES): exit 0")
+                    self.exit_code = 0
             self._begin_stop(f"{child.spec.role} exited", None)
         elif child.spec.restart and not self.stopping:
             self._schedule_restart(child, status)

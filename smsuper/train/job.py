@@ -297,7 +297,9 @@ def main(args: List[str]) -> int:
             from ..init.supervisor import Supervisor
 
             grace = settings.value("SMSUPER_GRACE_PERIOD")
-            supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
+            supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace,
+                                    rewrite_stop=settings.value("SMSUPER_STOP_SIGNAL"),
+                                    success_codes=settings.value("SMSUPER_SUCCESS_EXIT_CODES"))
         return _supervise(paths, prepared, supervisor, before)
     except JobFailure as problem:
         return _fail_early(paths, problem, before)
