@@ -8,8 +8,11 @@
    servers) gunicorn and nginx start;
 4. the supervisor restarts either one with backoff when it dies, and stops
    everything with a non-zero exit and a clear reason when one keeps dying.
-   SIGTERM: nginx gets SIGQUIT and finishes what it holds, gunicorn keeps
-   serving until nginx is gone and then stops its workers (gunicorn_app.py).
+   SIGTERM, SIGINT or SIGQUIT: nginx gets SIGQUIT and finishes what it holds,
+   the gunicorn master gets SIGTERM, keeps serving until nginx is gone and then
+   stops its workers (gunicorn_app.py); on SIGINT or SIGQUIT it would quit at once.
+   SIGHUP reaches both as a graceful reload: new nginx and gunicorn workers
+   start, the old ones finish what they hold.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .config import ServeConfig, default_workers, resolve
 from .handlers import HandlerError, code_directories, locate
 
 CONFIG_ERROR = 2
+SERVE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # nginx only shuffles bytes: one process per two CPUs (at most 4) outruns any Python model, and
 # leaves the CPUs to the workers.
 MAX_NGINX_WORKERS = 4
@@ -75,8 +79,10 @@ class ServeJob:
         self.account = account.with_home(self.runtime.root)
         self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
         self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
+        # SIGQUIT too is a stop here (a forwarded one would make gunicorn drop what it holds);
+        # each server then gets the signal that drains it (the specs' stop_signal).
         self.supervisor = Supervisor(config.grace_period, settings.value("SMSUPER_RESTART_LIMIT"),
-                                     settings.value("SMSUPER_RESTART_WINDOW"))
+                                     settings.value("SMSUPER_RESTART_WINDOW"), stop_signals=SERVE_STOP_SIGNALS)
         self.supervisor.on_exit = self._on_exit
         self.access_log: Optional[AccessLogRelay] = None
         self.start_failure: Optional[SpawnError] = None
