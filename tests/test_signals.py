@@ -334,3 +334,71 @@ def test_a_file_the_user_may_not_execute_is_126_naming_its_mode(pyz, base_env, o
     assert str(program) in result.stderr and "nobody" in result.stderr and "0700" in result.stderr
     assert f"chmod o+rx {program}" in result.stderr, result.stderr
 
+
+
+# ---- serve: SIGHUP reloads the workers gracefully ----------------------------------------------
+
+def metric(metrics_port: int, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert found, f"{name} is not in the scrape:\n{text}"
+    return float(found.group(1))
+
+
+class PingWatch(threading.Thread):
+    """Asks /ping over and over, keeping every answer that was not a 200."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = url
+        self.done = threading.Event()
+        self.asked = 0
+        self.bad: List[str] = []
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                status = str(requests.get(self.url, timeout=10).status_code)
+            except requests.RequestException as error:
+                status = type(error).__name__
+            self.asked += 1
+            if status != "200":
+                self.bad.append(status)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(WAIT_LIMIT)
+
+
+@needs_nginx
+def test_sighup_replaces_the_workers_without_a_restart_or_a_lost_request(serve):
+    metrics_port = free_port()
+    server = serve(SMSUPER_METRICS_PORT=str(metrics_port))
+    server.wait_ready()
+    master = server.gunicorn_master()
+    nginx_master = server.child("nginx: master")
+    old_workers = set(children_of(master))
+    assert len(old_workers) == 2
+    held = background(lambda: server.post({"gate": True}))
+    eventually(lambda: in_flight(server.base) == 1, "a request to reach a worker")
+    watch = PingWatch(server.url("/ping"))
+    watch.start()
+    os.kill(server.init_pid(), signal.SIGHUP)
+    # A new generation of two workers, ready to serve while the old busy one finishes.
+    eventually(lambda: len(set(children_of(master)) - old_workers) == 2, "two new workers")
+    (server.base / "open").touch()
+    answer = held()
+    assert answer.status_code == 200 and answer.json()["gated"], answer.text
+    eventually(lambda: not (set(children_of(master)) & old_workers), "every old worker to go")
+    for value in range(4):
+        assert server.post([value]).json() == [value]
+    watch.stop()
+    assert watch.asked > 0 and watch.bad == [], watch.bad
+    # The same servers: nothing died, nothing was restarted or counted as a restart.
+    assert server.gunicorn_master() == master and server.child("nginx: master") == nginx_master
+    assert server.proc.poll() is None
+    logged = server.stderr()
+    assert "gunicorn exited" not in logged and "restarting" not in logged, logged
+    assert metric(metrics_port, "smsuper_worker_restarts_total") == 0
+    assert server.terminate() == 0, server.stderr()

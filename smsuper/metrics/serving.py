@@ -177,6 +177,8 @@ def install(directory: Optional[str]) -> None:
     global _state
     if not directory:
         return
+    if _state is not None and _state.directory == directory:
+        return  # SIGHUP: gunicorn reloads its config; the metrics of this process stay
     _state = _Metrics(directory)
     # A master restarted by PID 1 finds its predecessors' files: fold them now.
     multiproc.compact(directory, keep_pids=[os.getpid()])

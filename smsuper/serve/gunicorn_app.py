@@ -146,6 +146,35 @@ class DrainingArbiter(Arbiter):
         self.smsuper_stopping = True
         super().stop(graceful)
 
+    # SIGHUP. gunicorn's reload starts a new generation of workers and stops the old one
+    # at once, so /ping would fail until the new ones have loaded the model. Here the old
+    # workers keep serving until every new one is ready (a new model that never loads leaves
+    # the old ones serving), then get SIGTERM and finish what they hold. Their exits are
+    # not restarts.
+    def reload(self) -> None:
+        self.smsuper_retiring = set(self.WORKERS)
+        self.smsuper_retired: set = set()  # told to go, once: a second SIGTERM may find it exiting
+        super().reload()
+
+    def manage_workers(self) -> None:
+        retiring = getattr(self, "smsuper_retiring", None)
+        if not retiring:
+            super().manage_workers()
+            return
+        retiring &= set(self.WORKERS)  # the reaped ones are gone for good
+        fresh = [pid for pid in self.WORKERS if pid not in retiring]
+        for _ in range(self.num_workers - len(fresh)):
+            self.spawn_worker()
+        if self._ready(fresh):
+            for pid in retiring - self.smsuper_retired:
+                self.smsuper_retired.add(pid)
+                self.kill_worker(pid, signal.SIGTERM)
+
+    def _ready(self, pids: List[int]) -> bool:
+        runtime: RuntimeDir = self.app.runtime
+        return len(pids) >= self.num_workers and all(
+            os.path.exists(os.path.join(runtime.ready_dir, str(pid))) for pid in pids)
+
 
 def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def post_fork(server: Any, worker: Any) -> None:
@@ -185,7 +214,8 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
             busy[0] = False
 
     def child_exit(server: Any, worker: Any) -> None:
-        exited.append((worker, not getattr(server, "smsuper_stopping", False)))
+        retired = worker.pid in getattr(server, "smsuper_retiring", ())  # by a SIGHUP reload
+        exited.append((worker, not getattr(server, "smsuper_stopping", False) and not retired))
         settle_exits()
 
     def pre_fork(server: Any, worker: Any) -> None:
