@@ -54,15 +54,14 @@ while True:
 
 
 class Init:
-    """`unshare --pid --fork --mount-proc [prefix...] python PYZ ARGS...`: smsuper as PID 1."""
+    """`unshare --pid --fork --mount-proc COMMAND...`: COMMAND as PID 1 of a new PID namespace."""
 
-    def __init__(self, pyz: Path, env: dict, tmp_path: Path, *args: str, prefix: tuple = ()):
+    def __init__(self, command: List[str], env: dict, tmp_path: Path):
         self.stdout_path = tmp_path / "init-stdout.txt"
         self.stderr_path = tmp_path / "init-stderr.txt"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *prefix, sys.executable,
-                 str(pyz), *args], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command],
+                                         env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -99,10 +98,12 @@ class Init:
 
 @pytest.fixture()
 def init(pyz, base_env, tmp_path):
+    """init(*args, env=, prefix=): `[prefix...] python PYZ ARGS...` as PID 1; init(command=[...]): any PID 1."""
     started: List[Init] = []
 
-    def start(*args: str, env: dict = None, prefix: tuple = ()) -> Init:
-        instance = Init(pyz, dict(base_env, **(env or {})), tmp_path, *args, prefix=prefix)
+    def start(*args: str, env: dict = None, prefix: tuple = (), command: List[str] = None) -> Init:
+        argv = command or [*prefix, sys.executable, str(pyz), *args]
+        instance = Init(argv, dict(base_env, **(env or {})), tmp_path)
         started.append(instance)
         return instance
 
@@ -402,3 +403,85 @@ def test_sighup_replaces_the_workers_without_a_restart_or_a_lost_request(serve):
     assert "gunicorn exited" not in logged and "restarting" not in logged, logged
     assert metric(metrics_port, "smsuper_worker_restarts_total") == 0
     assert server.terminate() == 0, server.stderr()
+
+
+# ---- the loop never bails -----------------------------------------------------------------------
+
+# PID 1 is a small job on smsuper's own supervisor (imported from the pyz): its primary child
+# drains on SIGTERM (the grace period lets it finish), and one of the job's callbacks raises.
+FAULTY_JOB = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from smsuper import log
+from smsuper.init.spawn import ChildSpec
+from smsuper.init.supervisor import Supervisor
+
+DRAINING = '''
+import signal, sys, time
+def drain(signum, frame):
+    print("draining", flush=True)
+    time.sleep(1)
+    print("drained", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, drain)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+'''
+
+def broken():
+    raise RuntimeError("a bug in a callback")
+
+fault = sys.argv[2]
+log.configure("info", "text")
+supervisor = Supervisor(grace_period=30)
+
+def when_ready(chunk):
+    # The fault strikes once the child can drain (its SIGTERM handler is set).
+    if b"ready" not in chunk:
+        return
+    if fault == "exit-hook":
+        supervisor.on_exit = lambda child, status: broken()
+        supervisor.start(ChildSpec(role="helper", argv=["true"]))
+    elif fault == "timer":
+        supervisor.call_later(0.1, broken)
+    elif fault == "reader":
+        read_end, write_end = os.pipe()
+        supervisor.add_reader(read_end, broken)
+        os.write(write_end, b"x")
+    elif fault == "chore":
+        supervisor.call_later(0.1, broken, chore=True)
+        supervisor.call_later(0.5, lambda: supervisor.shutdown("the job is done"))
+
+supervisor.start(ChildSpec(role="worker", argv=[sys.executable, "-c", DRAINING], relay=True, on_stdout=when_ready),
+                 primary=True)
+sys.exit(supervisor.run())
+"""
+
+
+@pytest.fixture()
+def faulty_job(init, pyz, tmp_path) -> Callable[[str], Init]:
+    program = tmp_path / "faulty_job.py"
+    program.write_text(FAULTY_JOB)
+    return lambda fault: init(command=[sys.executable, str(program), str(pyz), fault])
+
+
+@pytest.mark.parametrize("fault", ["exit-hook", "timer", "reader"])
+def test_a_callback_that_raises_is_logged_once_and_stops_gracefully(faulty_job, fault):
+    job = faulty_job(fault)
+    assert job.wait() == 1, job.stderr()  # the child stopped cleanly, but the job failed
+    assert job.stdout().splitlines()[-2:] == ["draining", "drained"], job.stdout()  # the grace period held
+    logged = job.stderr()
+    assert logged.count("Traceback (most recent call last)") == 1, logged
+    assert "RuntimeError: a bug in a callback" in logged and "stopping gracefully" in logged
+    assert "SIGKILL" not in logged
+
+
+def test_a_chore_that_raises_only_warns(faulty_job):
+    job = faulty_job("chore")
+    assert job.wait() == 0, job.stderr()
+    logged = job.stderr()
+    assert "WARNING" in logged and "RuntimeError: a bug in a callback" in logged and "carries on" in logged
+    assert "stopping (the job is done)" in logged
+    assert "drained" in job.stdout()
+

@@ -106,9 +106,10 @@ class Child:
 
 
 class _Timer:
-    def __init__(self, when: float, callback: Callable[[], None]):
+    def __init__(self, when: float, callback: Callable[[], None], chore: bool = False):
         self.when = when
         self.callback = callback
+        self.chore = chore
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -151,6 +152,8 @@ class Supervisor:
         self._kill_timer: Optional[_Timer] = None
         self._leftovers_warned = False
         self._killed_everything = False
+        self._failed = False  # a callback raised: its traceback is logged once
+        self._chores: set = set()  # fds whose callbacks are chores (a failure only warns)
         self._selector = selectors.DefaultSelector()
         self._is_init = os.getpid() == 1
         self._install_signal_handlers()
@@ -164,23 +167,30 @@ class Supervisor:
         self.children.append(child)
         return child
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
-        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+    # `chore=True`: the callback is not what the job exists for (the metrics endpoint): if it
+    # raises, a warning, and the job carries on. Otherwise a raise stops the job gracefully.
+    def call_later(self, delay: float, callback: Callable[[], None], chore: bool = False) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback, chore)
         heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
         return timer
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_reader(self, fd: int, callback: Callable[[], None], chore: bool = False) -> None:
         self._selector.register(fd, selectors.EVENT_READ, callback)
+        if chore:
+            self._chores.add(fd)
 
     def remove_reader(self, fd: int) -> None:
+        self._chores.discard(fd)
         try:
             self._selector.unregister(fd)
         except (KeyError, ValueError):
             pass
 
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_writer(self, fd: int, callback: Callable[[], None], chore: bool = False) -> None:
         """Call `callback` while `fd` can take more data (one watch per fd: remove its reader first)."""
         self._selector.register(fd, selectors.EVENT_WRITE, callback)
+        if chore:
+            self._chores.add(fd)
 
     def remove_writer(self, fd: int) -> None:
         self.remove_reader(fd)
@@ -194,12 +204,15 @@ class Supervisor:
     def run(self) -> int:
         """Loop until every descendant is gone; return the job's exit code."""
         while True:
-            self._dispatch(self._selector.select(self._next_timeout()))
-            self._handle_signals()
-            self._reap()
-            self._run_due_timers()
-            if self._finished():
-                break
+            try:
+                self._dispatch(self._selector.select(self._next_timeout()))
+                self._handle_signals()
+                self._reap()
+                self._run_due_timers()
+                if self._finished():
+                    break
+            except Exception as error:  # the loop's own bug: still the graceful stop, never a bail
+                self._callback_failed("the loop", error, False)
         self._selector.close()
         signal.set_wakeup_fd(-1)
         return self._final_code()
@@ -269,7 +282,7 @@ class Supervisor:
             (log.debug if quiet else log.info)(f"stopping ({reason}); grace period {self.grace_period:g} s")
             self._kill_timer = self.call_later(self.grace_period, self._kill_everything)
             if self.on_stop is not None:
-                self.on_stop()
+                self._guarded(self.on_stop, "the job's stop hook")
         for child in self._live_children():
             self._signal_group(child, self._stop_signal_for(child, received))
         if not self._live_children():
@@ -390,7 +403,7 @@ class Supervisor:
         level = log.info if status.code == 0 or self.stopping else log.warning
         level(f"{child.spec.role} exited: {status.describe()}")
         if self.on_exit is not None:
-            self.on_exit(child, status)
+            self._guarded(lambda: self.on_exit(child, status), f"the job's exit hook for {child.spec.role}")
         if child.primary:
             if self.exit_code is None:
                 self.exit_code = status.code
@@ -449,7 +462,44 @@ class Supervisor:
 
     def _dispatch(self, events) -> None:
         for key, _ in events:
-            key.data()
+            if not self._guarded(key.data, f"the callback for fd {key.fd}", key.fd in self._chores):
+                self._drop_watch(key.fd)
+
+    def _drop_watch(self, fd: int) -> None:
+        """A callback that raised is not called again for this fd: a readable fd would spin the loop."""
+        for child in self.children:
+            for relay in child.relays:
+                if relay.open and relay.source == fd:
+                    self._close_relay(relay)  # so the loop does not wait for its EOF
+                    return
+        self.remove_reader(fd)
+
+    def _guarded(self, callback: Callable[[], None], what: str, chore: bool = False) -> bool:
+        """Run one callback; PID 1 must not bail whatever it raises. False if it raised."""
+        try:
+            callback()
+            return True
+        except Exception as error:
+            self._callback_failed(what, error, chore)
+            return False
+
+    def _callback_failed(self, what: str, error: Exception, chore: bool) -> None:
+        import traceback
+
+        detail = traceback.format_exc().rstrip()
+        if chore:
+            log.warning(f"{what} failed ({type(error).__name__}: {error}); the job carries on without it\n{detail}")
+            return
+        if not self._failed:
+            self._failed = True
+            log.error(f"internal error in {what}: {type(error).__name__}: {error}; stopping gracefully\n{detail}")
+        else:
+            log.error(f"internal error in {what} again: {type(error).__name__}: {error}")
+        if self.stopping:  # the children have their stop signal already
+            if self.exit_code is None:
+                self.exit_code = INTERNAL_ERROR_CODE
+            return
+        self.shutdown(f"internal error in {what}", exit_code=INTERNAL_ERROR_CODE)
 
     def _next_timeout(self) -> Optional[float]:
         while self._timers and self._timers[0][2].cancelled:
@@ -463,7 +513,7 @@ class Supervisor:
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                self._guarded(timer.callback, "a timer", timer.chore)
 
     def _finished(self) -> bool:
         if not self.stopping or self._live_children():

@@ -68,7 +68,7 @@ class MetricsServer:
         self.listener = listen(port)
         self.port = self.listener.getsockname()[1]
         self.connections: Dict[int, _Connection] = {}
-        loop.add_reader(self.listener.fileno(), self._accept)
+        loop.add_reader(self.listener.fileno(), self._accept, chore=True)
 
     def _accept(self) -> None:
         while True:
@@ -116,8 +116,8 @@ class _Connection:
         self.outgoing = memoryview(b"")
         self.writing = False
         self.closed = False
-        server.loop.add_reader(self.fd, self._readable)
-        self.timer = server.loop.call_later(IDLE_TIMEOUT, self.close)
+        server.loop.add_reader(self.fd, self._readable, chore=True)
+        self.timer = server.loop.call_later(IDLE_TIMEOUT, self.close, chore=True)
 
     def _readable(self) -> None:
         try:
@@ -157,7 +157,7 @@ class _Connection:
             self.close()
         elif not self.writing:
             self.writing = True
-            self.server.loop.add_writer(self.fd, self._writable)
+            self.server.loop.add_writer(self.fd, self._writable, chore=True)
 
     def close(self) -> None:
         if self.closed:
