@@ -187,9 +187,9 @@ _DECLARED: Iterable[Setting] = (
             "a number of seconds >= 0",
             default_doc="110 for train, 25 for serve, 8 for other commands"),
     Setting("SMSUPER_STOP_SIGNAL", _signal, None,
-            "Signal the workload gets instead of the stop signal PID 1 received (SIGTERM, SIGINT, or SIGQUIT in "
-            "serve), and when smsuper stops it on its own; the grace period and SIGKILL still follow. serve's "
-            "nginx and gunicorn always get the signal that drains them.",
+            "Signal the command or training program gets instead of the stop signal PID 1 received (SIGTERM or "
+            "SIGINT), and when smsuper stops it on its own; the grace period and SIGKILL still follow. Not for "
+            "serve: nginx and gunicorn always get the signal that drains them.",
             "a signal name (SIGINT, INT) or number other than SIGKILL, SIGSTOP and SIGCHLD",
             jobs=("command", "train"), default_doc="(unset): the received signal, SIGTERM for smsuper's own stops"),
     Setting("SMSUPER_SUCCESS_EXIT_CODES", _exit_codes, (),
