@@ -485,3 +485,19 @@ def test_a_chore_that_raises_only_warns(faulty_job):
     assert "stopping (the job is done)" in logged
     assert "drained" in job.stdout()
 
+
+
+def test_a_program_on_a_noexec_mount_is_126_naming_the_mount(pyz, base_env, open_dir):
+    mount = open_dir / "noexec"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,mode=755", "tmpfs", str(mount)], check=True)
+    try:
+        program = mount / "prog"
+        program.write_text("#!/bin/sh\necho ran\n")
+        program.chmod(0o755)
+        result = run_as_nobody(pyz, base_env, str(program))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert result.returncode == 126, result.stderr
+    assert str(program) in result.stderr and "nobody" in result.stderr and "noexec" in result.stderr
+    assert "chmod" not in result.stderr, result.stderr

@@ -255,6 +255,9 @@ def _why_denied(path: str, depth: int = 0) -> tuple:
     if closed:
         return (path, f"cannot enter {_describe(closed)}|{closed}", path)
     if not os.access(path, os.X_OK):
+        if _mode_allows_execute(path):
+            return (path, f"may not execute {path}: its mode allows it, so its file system is mounted noexec "
+                          f"or a security policy forbids it|mount", "")
         return (path, f"may not execute {_describe(path)}|file", "")
     interpreter = _interpreter(path) if depth == 0 else ""
     if interpreter:
@@ -273,6 +276,18 @@ def _closed_directory(path: str) -> str:
         if not os.access(current, os.X_OK):
             return current
     return ""
+
+
+def _mode_allows_execute(path: str) -> bool:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if info.st_uid == os.getuid():
+        return bool(info.st_mode & 0o100)
+    if info.st_gid == os.getgid() or info.st_gid in os.getgroups():
+        return bool(info.st_mode & 0o010)
+    return bool(info.st_mode & 0o001)
 
 
 def _describe(path: str) -> str:
@@ -350,9 +365,12 @@ def _denied_message(spec: ChildSpec, path: str, why: str) -> str:
         path = interpreter
     detail, _, where = why.partition("|")
     if not detail:
-        return f"permission denied for {who}: {path} cannot be executed by it"
+        return (f"permission denied: {subject}{who} may not execute it, though every directory and the "
+                f"file's mode allow it (a noexec mount or a security policy?)")
     if where == "file":
         fix = f"make it executable for that user (e.g. chmod o+rx {path})"
+    elif where == "mount":
+        fix = f"put {os.path.basename(path)} on a file system mounted with exec"
     else:
         fix = f"let that user enter {where} (e.g. chmod o+x {where}), or install {os.path.basename(path)} elsewhere"
     if spec.credentials is not None:
