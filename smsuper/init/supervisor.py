@@ -400,7 +400,8 @@ class Supervisor:
         child.status = child.last_exit = status
         child.exited_at = time.time()
         self._drain_relays(child)
-        level = log.info if status.code == 0 or self.stopping else log.warning
+        expected = status.code == 0 or (child.primary and status.code in self.success_codes)
+        level = log.info if expected or self.stopping else log.warning
         level(f"{child.spec.role} exited: {status.describe()}")
         if self.on_exit is not None:
             self._guarded(lambda: self.on_exit(child, status), f"the job's exit hook for {child.spec.role}")
