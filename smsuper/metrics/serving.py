@@ -5,9 +5,11 @@ prometheus_client's multiprocess mode into the run's directory
 (PROMETHEUS_MULTIPROC_DIR, made fresh by PID 1 at every start); PID 1 merges
 them at scrape time (multiproc.py) without importing prometheus_client.
 
-  workers: requests by route and status code, request latency, the latency of
-           each phase of an invocation (input, predict, output; `transform`
-           for a transform_fn), requests in flight, model load seconds;
+  workers: request latency, the latency of each phase of an invocation
+           (input, predict, output; `transform` for a transform_fn), requests
+           in flight, model load seconds; requests by route and status code
+           only without nginx: with nginx in front PID 1 counts them from its
+           access log (metrics/responses.py), nginx's own answers included;
   master:  worker restarts and worker timeouts, seen when it reaps a worker
            (child_exit); it also folds the files of dead workers into
            archives there, so a scrape reads a bounded number of files
@@ -37,11 +39,13 @@ import time
 from bisect import bisect_left
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
+from ..serve.routes import METHODS, OTHER
 from . import multiproc
+from .responses import HELP as REQUESTS_HELP
 
 # Bounded label values: the platform's routes, everything else is "other".
-ROUTES = {"/ping": "/ping", "/invocations": "/invocations", "/execution-parameters": "/execution-parameters"}
-OTHER_ROUTE = "other"
+ROUTES = {path: path for path in METHODS}
+OTHER_ROUTE = OTHER
 # From a millisecond to the longest SAGEMAKER_MODEL_SERVER_TIMEOUT anyone uses.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    float("inf"))
@@ -64,7 +68,7 @@ _state: Optional["_Metrics"] = None
 
 
 class _Metrics:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, count_requests: bool = True):
         self.directory = directory
         # prometheus_client picks its value class when it is first imported: the
         # directory must be in the environment by then.
@@ -74,8 +78,8 @@ class _Metrics:
         # Read when each metric is made; the process_identifier is prometheus_client's own hook.
         values.ValueClass = values.MultiProcessValue(process_identifier=_current_pid)
 
-        self.requests = Counter("smsuper_http_requests", "HTTP requests answered by the gunicorn workers, "
-                                "by route and status code.", ["route", "code"])
+        # Counted by the workers only when no nginx answers in front of them (see responses.py).
+        self.requests = Counter("smsuper_http_requests", REQUESTS_HELP, ["route", "code"]) if count_requests else None
         self.latency = Histogram("smsuper_http_request_duration_seconds", "Seconds a worker took to produce "
                                  "the response, by route.", ["route"], buckets=LATENCY_BUCKETS)
         self.phases = Histogram("smsuper_invocation_phase_duration_seconds", "Seconds of each phase of a "
@@ -160,8 +164,9 @@ class _Batch:
         with self.lock:
             counts, self.counts = self.counts, {}
             timings, self.timings = self.timings, {}
-        for (route, code), number in counts.items():
-            self.metrics.count(route, code).inc(number)
+        if self.metrics.requests is not None:
+            for (route, code), number in counts.items():
+                self.metrics.count(route, code).inc(number)
         for child, slot in timings.items():
             # A whole batch per bucket: Histogram.observe() would write one observation at a
             # time. _sum and _buckets are prometheus_client's (0.26.0, pinned in pyproject.toml):
@@ -172,14 +177,15 @@ class _Batch:
                     child._buckets[index].inc(number)
 
 
-def install(directory: Optional[str]) -> None:
-    """In the gunicorn master, before the app loads and workers fork: start recording."""
+def install(directory: Optional[str], count_requests: bool = True) -> None:
+    """In the gunicorn master, before the app loads and workers fork: start recording.
+    `count_requests`: False behind nginx, whose access log PID 1 counts instead."""
     global _state
     if not directory:
         return
     if _state is not None and _state.directory == directory:
         return  # SIGHUP: gunicorn reloads its config; the metrics of this process stay
-    _state = _Metrics(directory)
+    _state = _Metrics(directory, count_requests)
     # A master restarted by PID 1 finds its predecessors' files: fold them now.
     multiproc.compact(directory, keep_pids=[os.getpid()])
 

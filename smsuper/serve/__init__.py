@@ -10,7 +10,9 @@ gunicorn_app (master, workers, hooks, draining stop), service (one process's
 model: loading/ready/failed), handlers (style A user functions), user_app
 (style B WSGI app), app (the Flask app), codecs + npy (default JSON/CSV/NPY),
 negotiation (Content-Type/Accept), context (the handlers' `context`
-argument), errors (status codes), access_log (FIFO relay), requirements (pip).
+argument), errors (status codes), routes (the platform's routes and their
+methods), access_log (FIFO relay, and the counts of what nginx answered),
+requirements (pip).
 
 How /ping stays fast: it never reaches a worker. Each worker, once its model
 is loaded, creates a marker file in the runtime directory and the shared

@@ -5,19 +5,31 @@ process may be a pipe owned by root it cannot reopen), so it writes to a FIFO
 and PID 1's loop copies whole lines to fd 1. PID 1 also holds a write end
 itself: with no writer at all (while nginx restarts) a FIFO reads as EOF
 forever and would spin the loop.
+
+Each line nginx writes starts with the route label and the status
+(nginx.py's log_format): PID 1 counts them for smsuper_http_requests_total
+(metrics/responses.py) and prints the rest of the line, leaving out /ping
+unless SMSUPER_LOG_PING. Lines nginx did not shape so (nothing else should
+write here) are printed as they are and not counted.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from .. import log
-from ..init.relay import READ_SIZE, LineRelay, write_all
+from ..init.relay import MAX_PENDING, READ_SIZE, write_all
+
+if TYPE_CHECKING:
+    from ..metrics.responses import ResponseCounts
+
+PING = b"/ping"
 
 
 class AccessLogRelay:
-    def __init__(self, path: str, owner: Optional[Tuple[int, int]] = None, as_json: bool = False):
+    def __init__(self, path: str, owner: Optional[Tuple[int, int]] = None, as_json: bool = False,
+                 counts: Optional["ResponseCounts"] = None, log_ping: bool = False):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -30,13 +42,11 @@ class AccessLogRelay:
         self._keep_open = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self._as_json = as_json
         self._pending = b""
-        self._relay = None if as_json else LineRelay(self.fd, 1)
+        self._counts = counts
+        self._log_ping = log_ping
 
     def pump(self) -> None:
-        """Copy what nginx has written; called by PID 1's loop when the FIFO is readable."""
-        if self._relay is not None:
-            self._relay.pump()
-            return
+        """Count and copy what nginx has written; called by PID 1's loop when the FIFO is readable."""
         while True:
             try:
                 data = os.read(self.fd, READ_SIZE)
@@ -44,13 +54,36 @@ class AccessLogRelay:
                 return
             if not data:
                 return
-            lines = (self._pending + data).split(b"\n")
-            self._pending = lines.pop()
-            out = "".join(log.json_line("nginx", "info", line.decode("utf-8", "replace")) + "\n"
-                          for line in lines if line)
-            write_all(1, out.encode("utf-8"))
+            self._take(data)
             if len(data) < READ_SIZE:
                 return
+
+    def _take(self, data: bytes) -> None:
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > MAX_PENDING:  # no line of nginx's is this long: not worth holding
+            lines.append(self._pending)
+            self._pending = b""
+        shown = [text for text in map(self._count, lines) if text]
+        if not shown:
+            return
+        if self._as_json:
+            out = "".join(log.json_line("nginx", "info", text.decode("utf-8", "replace")) + "\n" for text in shown)
+            write_all(1, out.encode("utf-8"))
+        else:
+            write_all(1, b"\n".join(shown) + b"\n")
+
+    def _count(self, line: bytes) -> bytes:
+        """The part of `line` to print (empty: nothing), after counting its route and status."""
+        fields = line.split(b" ", 2)
+        if len(fields) < 3:
+            return line
+        route, status, text = fields
+        if self._counts is not None:
+            self._counts.add(route, status)
+        if route == PING and not self._log_ping:
+            return b""
+        return text
 
     def close(self) -> None:
         self.pump()

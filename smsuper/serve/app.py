@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from .. import log
 from ..metrics.serving import record_phases
 from .context import Context
+from . import routes
 from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
 from .service import ModelService
@@ -60,7 +61,7 @@ def create_app(service: ModelService) -> Flask:
     # nginx enforces the limit first; this keeps it when gunicorn faces clients itself.
     app.config["MAX_CONTENT_LENGTH"] = service.config.max_payload_bytes
 
-    @app.route("/ping", methods=["GET"])
+    @app.route("/ping", methods=routes.METHODS["/ping"], provide_automatic_options=False)
     def ping() -> Response:
         if service.ready:
             return Response(b"", status=200)
@@ -68,7 +69,7 @@ def create_app(service: ModelService) -> Flask:
             return json_error(503, service.failure)
         return json_error(503, "the model is still loading")
 
-    @app.route("/invocations", methods=["POST"])
+    @app.route("/invocations", methods=routes.METHODS["/invocations"], provide_automatic_options=False)
     def invocations() -> Response:
         environ = request.environ
         body = request.get_data(cache=False)
@@ -89,7 +90,8 @@ def create_app(service: ModelService) -> Flask:
             response.headers[name] = value
         return response
 
-    @app.route("/execution-parameters", methods=["GET"])
+    @app.route("/execution-parameters", methods=routes.METHODS["/execution-parameters"],
+               provide_automatic_options=False)
     def execution_parameters() -> Response:
         try:
             parameters = service.execution_parameters(Context(environ=request.environ))
@@ -99,9 +101,14 @@ def create_app(service: ModelService) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        # 404 for unknown routes, 405 for a wrong method: JSON like everything else.
+        # 404 for unknown routes, 405 for a wrong method (OPTIONS too: it is no route of the
+        # platform's, and Flask would answer it 200 in HTML): JSON like everything else.
         if error.code == 404:
-            return json_error(404, "no such route: use /ping, /invocations or /execution-parameters")
+            return json_error(404, routes.NO_SUCH_ROUTE)
+        if error.code == 405 and request.path in routes.METHODS:
+            allow = routes.allow(request.path)
+            return json_error(405, f"method {request.method} is not allowed on {request.path}: use {allow}",
+                              {"Allow": allow})
         return json_error(error.code or 500, error.description or error.name)
 
     @app.errorhandler(Exception)

@@ -50,6 +50,18 @@ PR_SET_PDEATHSIG = 1
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
 KEEPALIVE_WORKER = "smsuper.serve.keepalive_worker.KeepAliveWorker"
+# Behind nginx, which bounds the request line and every header line itself (nginx.HEADER_BUFFER)
+# and answers in JSON, gunicorn's own limits must be out of reach: its errors are HTML pages
+# (431 for more than 100 headers, 400 for a line over 4094 bytes). 0 is gunicorn's largest
+# request line (8190 bytes) and no limit on a header line; 32768 fields is its maximum, more
+# than nginx's 32 KiB of headers can hold. The client's X-Forwarded-Proto/-Ssl mean nothing
+# here (nginx speaks plain HTTP to the workers), and two that disagree would be a 400 page.
+BEHIND_NGINX: Dict[str, Any] = {
+    "limit_request_line": 0,
+    "limit_request_fields": 32768,
+    "limit_request_field_size": 0,
+    "secure_scheme_headers": {},
+}
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -296,6 +308,8 @@ class ServeApplication(BaseApplication):
             "worker_tmp_dir": _worker_tmp_dir(self.runtime),
             "control_socket_disable": True,  # gunicorn >= 25 opens one in $HOME otherwise
         }
+        if self.bind.startswith("unix:"):
+            options.update(BEHIND_NGINX)
         if settings.value("SMSUPER_LOG_FORMAT") == "json":
             options["logger_class"] = JsonLogger
         options.update(_hooks(self.runtime, config))
@@ -309,7 +323,8 @@ class ServeApplication(BaseApplication):
 
     def load_config(self) -> None:
         # Before the app loads (preload) and before any worker forks, so every process records.
-        serving_metrics.install(self.metrics_dir)
+        # Behind nginx, PID 1 counts the requests from nginx's access log (what the clients got).
+        serving_metrics.install(self.metrics_dir, count_requests=not self.bind.startswith("unix:"))
         for key, value in self.options().items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

@@ -85,6 +85,7 @@ class ServeJob:
                                      settings.value("SMSUPER_RESTART_WINDOW"), stop_signals=SERVE_STOP_SIGNALS)
         self.supervisor.on_exit = self._on_exit
         self.access_log: Optional[AccessLogRelay] = None
+        self.responses = None  # metrics.responses.ResponseCounts, fed by the access log, when metrics are on
         self.start_failure: Optional[SpawnError] = None
 
     # ---- the children -------------------------------------------------------------
@@ -112,7 +113,8 @@ class ServeJob:
                                       stub_status=self.stub_status))
         self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
-                                         settings.value("SMSUPER_LOG_FORMAT") == "json")
+                                         settings.value("SMSUPER_LOG_FORMAT") == "json",
+                                         counts=self.responses, log_ping=self.config.log_ping)
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
@@ -128,6 +130,12 @@ class ServeJob:
         directory = self.runtime.metrics_dir
         multiproc.prepare(directory, self.owner)
         collectors = [multiproc.collector(directory)]
+        if self.nginx_binary:
+            # What clients got, from nginx's access log; the workers then count nothing themselves.
+            from ..metrics.responses import ResponseCounts
+
+            self.responses = ResponseCounts()
+            collectors.append(self.responses.collect)
         if self.nginx_binary and nginx.has_stub_status(self.nginx_binary):
             self.stub_status = True
             collectors.append(nginx_status.collector(self.runtime.nginx_status))

@@ -11,8 +11,17 @@ unprivileged user. The routes are exact:
   /execution-parameters  proxied to gunicorn
   anything else          404 with a short JSON body
 
-Error answers nginx produces itself (413 body too large, 502 worker died, 504
-too slow) carry a short JSON body too; the app's own 4xx/5xx pass untouched.
+Every error nginx makes itself is a short JSON body too, never its HTML page
+(NGINX_ERRORS: 400 malformed, 404, 405 wrong method with its Allow header,
+413 body too large, 414, 431 headers too large, 501, 502 worker died, 504 too
+slow, 505, ...); the app's own 4xx/5xx pass untouched. nginx refuses a wrong
+method on the platform's routes itself (routes.METHODS), so what it passes on
+is always a request a worker is meant to answer; gunicorn's own limits sit
+above nginx's (gunicorn_app.py), so its HTML error pages are out of reach.
+
+The access log carries, before each line, the route label and the status
+PID 1 counts for smsuper_http_requests_total (access_log.py): what nginx
+answered, whoever made the answer.
 
 Body size: client_max_body_size is exactly SAGEMAKER_MAX_PAYLOAD_IN_MB MiB;
 nginx refuses a body only when it is larger than that (a Content-Length equal
@@ -33,6 +42,7 @@ import shutil
 import subprocess
 from typing import List, Optional, Tuple
 
+from . import routes
 from .config import ServeConfig
 from .runtime import NGINX_TEMP_KINDS, RuntimeDir
 
@@ -42,6 +52,27 @@ PROXY_BUFFER = 64 * 1024
 # longer, so nginx always closes first. Short, because a retiring worker waits for it.
 UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
+# nginx's buffer for the request line and for each header line, which it must hold whole with
+# its line end (so a line holds 8188 bytes): gunicorn reads request lines of at most 8190
+# bytes, its hard maximum, so nginx's limit is the one a client meets.
+HEADER_BUFFER = 8190
+HEADER_BUFFERS = 4
+# Errors nginx answers itself: (status it makes, status the client gets, what to tell the client).
+# 494 is nginx's own code for "request header too large" (it would answer 400); 431 says it.
+NGINX_ERRORS = (
+    (400, 400, "malformed request: the request line, a header or the chunked body is not valid HTTP/1.x "
+               "(an HTTP/1.1 request also needs one Host header)"),
+    (403, 403, "forbidden: nginx may not read a file it serves (its reason is in the log)"),
+    (404, 404, routes.NO_SUCH_ROUTE),
+    (408, 408, "the request did not arrive in time: nginx waited 60 s for its headers or body"),
+    (411, 411, "a request with a body needs a Content-Length or Transfer-Encoding: chunked"),
+    (414, 414, f"URI too long: the request line may hold at most {HEADER_BUFFER - 2} bytes"),
+    (494, 431, f"request header fields too large: at most {HEADER_BUFFER - 2} bytes per header line, and "
+               f"about {HEADER_BUFFERS * HEADER_BUFFER // 1024} KiB for the request line and all headers"),
+    (500, 500, "nginx failed this request (an internal error): its reason is in the log"),
+    (501, 501, "Transfer-Encoding not implemented: send the body with a Content-Length or chunked"),
+    (505, 505, "HTTP version not supported: use HTTP/1.0 or HTTP/1.1"),
+)
 
 Version = Tuple[int, ...]
 
@@ -95,6 +126,61 @@ def _json_text(message: str) -> str:
     return "'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _route_maps() -> str:
+    """$smsuper_route: the metrics' route label; $smsuper_allow: the route's Allow header.
+
+    Both read the path as the client sent it ($request_uri): it is there even when an error
+    page replaced the URI ($uri becomes /_smsuper/...) or the request line was never
+    understood (then: `other`). A path nginx would normalise (//ping, /p%69ng) is `other` too:
+    it is not a route as the platform sends it (and gunicorn would pass it on unnormalised)."""
+    labels = "".join(f"        ~^{path}(\\?|$) {path};\n" for path in routes.METHODS)
+    allows = "".join(f'        ~^{path}(\\?|$) "{routes.allow(path)}";\n' for path in routes.METHODS)
+    return (f"    map $request_uri $smsuper_route {{\n{labels}        default {routes.OTHER};\n    }}\n"
+            f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n")
+
+
+def _method_check(path: str) -> str:
+    """In a route's location: any other method is nginx's 405 (then in JSON, with Allow)."""
+    return f"            if ($request_method !~ ^({'|'.join(routes.METHODS[path])})$) {{\n" \
+           f"                return 405;\n            }}\n"
+
+
+ERROR_PREFIX = "/_smsuper/error/"
+
+
+def _error_pages(indent: str, own_503: bool = False) -> str:
+    """error_page lines for every error nginx makes. A location that sets an error_page of
+    its own (/ping: its 503) inherits none from the server, so it repeats these."""
+    died = "error_page 502 @died;" if own_503 else "error_page 502 503 @died;"
+    pages = [f"error_page {made} {'=' + str(answered) + ' ' if made != answered else ''}{ERROR_PREFIX}{made};"
+             for made, answered, _ in NGINX_ERRORS]
+    # "=": @not_allowed's own status goes out (its 405, or 404 for an unknown route).
+    pages += ["error_page 405 = @not_allowed;", "error_page 413 @too_large;", died, "error_page 504 @too_slow;"]
+    return "".join(f"{indent}{line}\n" for line in pages)
+
+
+def _error_locations(not_found: str) -> str:
+    """The locations behind _error_pages(). Internal URIs, not named locations: an error
+    found before the request line was understood (400, 414, 505) has no URI, and nginx
+    cannot send such a request to a named location. A 405 always has its URI, and goes to a
+    named location because a redirect to a URI would turn its method into GET."""
+    blocks = [f"        location = {ERROR_PREFIX}{made} {{\n            internal;\n"
+              f"            return {answered} {_json_text(message)};\n        }}\n"
+              for made, answered, message in NGINX_ERRORS]
+    # $smsuper_route is one of routes.METHODS here (else the route is unknown: 404), and
+    # nginx accepts only letters, "_" and "-" in a method, so the body stays JSON.
+    blocks.append(
+        "        location @not_allowed {\n"
+        '            if ($smsuper_allow = "") {\n'
+        f"                return 404 {not_found};\n"
+        "            }\n"
+        "            add_header Allow $smsuper_allow always;\n"
+        "            return 405 '{\"error\": \"method $request_method is not allowed on $smsuper_route: "
+        "use $smsuper_allow\"}';\n"
+        "        }\n")
+    return "".join(blocks)
+
+
 def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, worker_processes: int,
            root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn",
            stub_status: bool = False) -> str:
@@ -111,20 +197,11 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
     )
-    # /ping lines are left out of the access log unless asked for: the
-    # platform pings every few seconds and would drown everything else.
-    log_condition = "" if config.log_ping else " if=$smsuper_loggable"
-    ping_map = "" if config.log_ping else (
-        "    map $request_uri $smsuper_loggable {\n"
-        "        ~^/ping(\\?|$) 0;\n"
-        "        default 1;\n"
-        "    }\n"
-    )
     too_large = _json_text(f"request body larger than SAGEMAKER_MAX_PAYLOAD_IN_MB={config.max_payload_mb} MiB "
                            f"({config.max_payload_bytes} bytes)")
     too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
     died = _json_text("the model server failed this request: its worker died or the server is restarting")
-    not_found = _json_text("no such route: use /ping, /invocations or /execution-parameters")
+    not_found = _json_text(routes.NO_SUCH_ROUTE)
     # nginx's figures for PID 1's metrics endpoint: on a unix socket in the runtime
     # directory, so nothing outside the container reaches them and no port is taken.
     status_server = f"""
@@ -154,16 +231,22 @@ http {{
     charset off;
     default_type application/json;
 {temp_paths}
-    log_format smsuper '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent '
+{_route_maps()}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
+    # prints the rest, leaving out /ping unless SMSUPER_LOG_PING (the platform pings every few
+    # seconds and would drown everything else).
+    log_format smsuper '$smsuper_route $status '
+                       '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent '
                        '$request_time $upstream_response_time';
-{ping_map}    # Lines are batched up to 4 KiB (at most 1 s late): one wake-up of PID 1 per batch
+    # Lines are batched up to 4 KiB (at most 1 s late): one wake-up of PID 1 per batch
     # instead of per request, and 4 KiB is PIPE_BUF, so each write into the FIFO stays atomic.
-    access_log {runtime.access_log} smsuper buffer=4k flush=1s{log_condition};
+    access_log {runtime.access_log} smsuper buffer=4k flush=1s;
 
     keepalive_timeout 75s;
     keepalive_requests 100000;
     client_max_body_size {config.max_payload_bytes};
     client_body_buffer_size {body_buffer};
+    client_header_buffer_size 1k;
+    large_client_header_buffers {HEADER_BUFFERS} {HEADER_BUFFER};
 
     upstream {UPSTREAM} {{
         server unix:{runtime.socket} max_fails=0;
@@ -185,16 +268,13 @@ http {{
         # A POST that already reached a worker is never sent again.
         proxy_next_upstream off;
 
-        error_page 413 @too_large;
-        error_page 502 503 @died;
-        error_page 504 @too_slow;
-
+{_error_pages("        ")}
         location = /ping {{
-            if (-f {runtime.ready_flag}) {{
+{_method_check("/ping")}            if (-f {runtime.ready_flag}) {{
                 return 200 "";
             }}
             error_page 503 /_smsuper/ping-status;
-            return 503;
+{_error_pages("            ", own_503=True)}            return 503;
         }}
         location = /_smsuper/ping-status {{
             internal;
@@ -202,15 +282,15 @@ http {{
             alias {runtime.ping_status};
         }}
         location = /invocations {{
-            proxy_pass http://{UPSTREAM};
+{_method_check("/invocations")}            proxy_pass http://{UPSTREAM};
         }}
         location = /execution-parameters {{
-            proxy_pass http://{UPSTREAM};
+{_method_check("/execution-parameters")}            proxy_pass http://{UPSTREAM};
         }}
         location / {{
             return 404 {not_found};
         }}
-        location @too_large {{
+{_error_locations(not_found)}        location @too_large {{
             return 413 {too_large};
         }}
         location @too_slow {{
