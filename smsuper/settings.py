@@ -231,6 +231,10 @@ _DECLARED: Iterable[Setting] = (
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
     Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
             "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
+    Setting("SMSUPER_JSON_ALLOW_NAN", _boolean, False,
+            "Let the default JSON codecs read and write NaN, Infinity and -Infinity as Python does (not "
+            "standard JSON). Off: such input is a 400 and such predictions are written as null.",
+            "true or false", jobs=("serve",)),
     Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 100), 6,
             "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100).",
             "an integer 1-100", jobs=("serve",)),
