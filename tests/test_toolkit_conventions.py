@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from test_codecs_hardening import error_of, numpy_mode, post, start_stack  # noqa: E402,F401 (fixture)
-from test_serve import WAIT_LIMIT, eventually, host_pid  # noqa: E402
+from test_serve import eventually, host_pid  # noqa: E402
 
 from smsuper import settings  # noqa: E402
 from smsuper.serve import codecs, npy  # noqa: E402
