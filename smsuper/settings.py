@@ -1,6 +1,7 @@
 """Every setting smsuper reads, declared once.
 
-Each `Setting` names its environment variable, how its text is parsed (which
+Each `Setting` names its environment variable (and any older names still
+honoured, its aliases: the declared name wins), how its text is parsed (which
 also validates it), its default and a one-line doc. This table drives value
 parsing, `--help` and the README's settings table (`python -m smsuper.settings
 --markdown` prints it), so the three can never disagree.
@@ -27,10 +28,11 @@ class SettingError(ValueError):
 
 class Setting:
     # A plain class, not a dataclass: importing dataclasses costs PID 1 ~3 MB.
-    __slots__ = ("name", "parse", "default", "doc", "accepts", "jobs", "default_doc")
+    __slots__ = ("name", "parse", "default", "doc", "accepts", "jobs", "default_doc", "aliases")
 
     def __init__(self, name: str, parse: Parser, default: Any, doc: str, accepts: str,
-                 jobs: Tuple[str, ...] = ("all",), default_doc: Optional[str] = None):
+                 jobs: Tuple[str, ...] = ("all",), default_doc: Optional[str] = None,
+                 aliases: Tuple[str, ...] = ()):
         self.name = name
         self.parse = parse
         self.default = default
@@ -41,6 +43,13 @@ class Setting:
         self.jobs = jobs
         # Shown instead of the default's text when the default is computed at run time.
         self.default_doc = default_doc
+        # Older names still honoured, read only when `name` itself is unset (it wins).
+        self.aliases = aliases
+
+    def shown_name(self) -> str:
+        if not self.aliases:
+            return f"`{self.name}`"
+        return f"`{self.name}` (or {', '.join(f'`{alias}`' for alias in self.aliases)})"
 
     def shown_default(self) -> str:
         if self.default_doc is not None:
@@ -251,14 +260,20 @@ _DECLARED: Iterable[Setting] = (
     Setting("SAGEMAKER_SAFE_PORT_RANGE", _port_range, None,
             "Ports smsuper may use besides the serving port (the metrics port comes from here).", "LOW-HIGH",
             jobs=("serve", "train", "command")),
+    # The seed's serve script read MODEL_SERVER_WORKERS and MODEL_SERVER_TIMEOUT: images built
+    # from it still set them.
     Setting("SAGEMAKER_MODEL_SERVER_WORKERS", _integer(1, 1024), None,
             "Number of gunicorn workers.", "an integer >= 1", jobs=("serve",),
-            default_doc="the CPUs this container may use"),
+            default_doc="the CPUs this container may use", aliases=("MODEL_SERVER_WORKERS",)),
     Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
             "Seconds a request may take; nginx and gunicorn timeouts both follow it.", "an integer 1-3600",
-            jobs=("serve",)),
+            jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
     Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
             "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
+    Setting("SMSUPER_JSON_ALLOW_NAN", _boolean, False,
+            "Let the default JSON codecs read and write NaN, Infinity and -Infinity as Python does (not "
+            "standard JSON). Off: such input is a 400 and such predictions are written as null.",
+            "true or false", jobs=("serve",)),
     Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 100), 6,
             "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100).",
             "an integer 1-100", jobs=("serve",)),
@@ -299,20 +314,29 @@ for _setting in _DECLARED:
     SETTINGS[_setting.name] = _setting
 
 
+def _unset(setting: Setting, raw: Optional[str]) -> bool:
+    return raw is None or (raw.strip() == "" and setting.parse is not _text)
+
+
 def value(name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
-    """The parsed value of setting `name`, or its default when unset."""
+    """The parsed value of setting `name` (else of its first alias that is set), or its default."""
     setting = SETTINGS[name]
     env = os.environ if environ is None else environ
-    raw = env.get(name)
-    if raw is None or (raw.strip() == "" and setting.parse is not _text):
+    source, raw = name, env.get(name)
+    for alias in setting.aliases if _unset(setting, raw) else ():
+        source, raw = alias, env.get(alias)
+        if not _unset(setting, raw):
+            break
+    if _unset(setting, raw):
         return setting.default
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as error:
         detail = f" ({error})" if str(error) and str(error) != raw else ""
+        alias_of = f" (an alias of {name})" if source != name else ""
         raise SettingError(
-            f"{name}={raw!r} is not valid{detail}: it accepts {setting.accepts}. "
-            f"Fix or unset {name} (default: {setting.shown_default()})."
+            f"{source}={raw!r}{alias_of} is not valid{detail}: it accepts {setting.accepts}. "
+            f"Fix or unset {source} (default: {setting.shown_default()})."
         ) from None
 
 
@@ -331,7 +355,8 @@ def help_text() -> str:
     lines = []
     for setting in SETTINGS.values():
         jobs = "" if "all" in setting.jobs else f" [{', '.join(setting.jobs)}]"
-        lines.append(f"  {setting.name}{jobs}")
+        aliases = f" (or {', '.join(setting.aliases)})" if setting.aliases else ""
+        lines.append(f"  {setting.name}{aliases}{jobs}")
         lines.append(f"      {setting.doc} Accepts {setting.accepts}; default: {setting.shown_default()}.")
     return "\n".join(lines)
 
@@ -341,7 +366,7 @@ def markdown_table() -> str:
     for setting in SETTINGS.values():
         jobs = "all" if "all" in setting.jobs else ", ".join(setting.jobs)
         rows.append(
-            f"| `{setting.name}` | {jobs} | {setting.shown_default()} | {setting.accepts} | {setting.doc} |"
+            f"| {setting.shown_name()} | {jobs} | {setting.shown_default()} | {setting.accepts} | {setting.doc} |"
         )
     return "\n".join(rows)
 

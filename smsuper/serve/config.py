@@ -39,6 +39,7 @@ class ServeConfig:
     timeout: int  # seconds a request may take (T)
     max_payload_mb: int
     default_accept: str
+    json_allow_nan: bool  # the default JSON codecs read and write NaN/Infinity (Python's dialect)
     preload: bool
     max_requests: int
     log_ping: bool
@@ -101,6 +102,7 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         timeout=get("SAGEMAKER_MODEL_SERVER_TIMEOUT"),
         max_payload_mb=get("SAGEMAKER_MAX_PAYLOAD_IN_MB"),
         default_accept=get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
+        json_allow_nan=get("SMSUPER_JSON_ALLOW_NAN"),
         preload=get("SMSUPER_PRELOAD_MODEL"),
         max_requests=get("SMSUPER_MAX_REQUESTS"),
         log_ping=get("SMSUPER_LOG_PING"),

@@ -5,12 +5,16 @@ them) and lets the handler set response headers, custom attributes above all:
 the platform returns X-Amzn-SageMaker-Custom-Attributes to the caller only
 when the response sets it. The two methods of the inference toolkit's
 context (get_request_header(idx, name), set_response_header(idx, name,
-value)) are there too, so handlers written for it keep working.
+value)) are there too, so handlers written for it keep working, and so is its
+system_properties dict: model_dir, and gpu_id, this worker's GPU (gpus.py),
+None on a host without GPUs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+from . import gpus
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -80,4 +84,4 @@ class Context:
 
     @property
     def system_properties(self) -> Dict[str, Any]:
-        return {"model_dir": self.model_dir}
+        return {"model_dir": self.model_dir, "gpu_id": gpus.this_process()}

@@ -39,7 +39,7 @@ from gunicorn.glogging import Logger
 
 from .. import log, settings
 from ..metrics import serving as serving_metrics
-from . import readiness
+from . import gpus, readiness
 from .config import ServeConfig, resolve
 from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
 from .runtime import RuntimeDir
@@ -196,6 +196,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         _die_with_parent()
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
+        gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
         _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
         _heartbeat.start()
 
@@ -232,6 +233,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
 
     def pre_fork(server: Any, worker: Any) -> None:
         settle_exits()  # an exit queued just as the outer call finished
+        # Chosen here, in the master, which sees every live worker; the child inherits it.
+        worker.smsuper_gpu_id = gpus.choose_for_worker(
+            getattr(live, "smsuper_gpu_id", None) for live in server.WORKERS.values())
 
     def worker_exit(server: Any, worker: Any) -> None:
         serving_metrics.publish_pending()
@@ -325,6 +329,7 @@ class ServeApplication(BaseApplication):
         # Before the app loads (preload) and before any worker forks, so every process records.
         # Behind nginx, PID 1 counts the requests from nginx's access log (what the clients got).
         serving_metrics.install(self.metrics_dir, count_requests=not self.bind.startswith("unix:"))
+        gpus.count_in_master()
         for key, value in self.options().items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

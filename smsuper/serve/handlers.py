@@ -13,6 +13,8 @@ then /opt/ml/code. It may define:
   execution_parameters_fn()                          -> dict      (answers /execution-parameters)
 
 Each may take one more trailing parameter, `context` (see context.py).
+`body` is what the official toolkits pass: a str (decoded UTF-8) for
+application/json and text/csv, the raw bytes for every other type.
 output_fn and transform_fn may return bytes or str (sent as the negotiated
 type), a (body, content_type) pair, a Flask/werkzeug Response, or any other
 value, which the default encoder then writes in the negotiated type.
@@ -127,9 +129,10 @@ Answer = Tuple[bytes, str]
 class Handlers:
     """The user's functions with the defaults filled in."""
 
-    def __init__(self, module: ModuleType, default_accept: str):
+    def __init__(self, module: ModuleType, default_accept: str, json_allow_nan: bool = False):
         self.module = module
         self.default_accept = default_accept
+        self.json_allow_nan = json_allow_nan
 
         def find(name: str, arity: int) -> Optional[UserFunction]:
             function = getattr(module, name, None)
@@ -191,39 +194,42 @@ class Handlers:
         context.content_type, context.accept = content_type, accept
         clock = time.perf_counter  # each phase's time goes to the metrics through the context
         began = clock()
+        allow_nan = self.json_allow_nan
         if self.transform_fn is not None:
-            result = call(self.transform_fn, context, model, body, content_type, accept)
+            result = call(self.transform_fn, context, model, codecs.for_handlers(body, content_type),
+                          content_type, accept)
             answer = self._answer(result, accept)
             context.phase_seconds = (("transform", clock() - began),)
             return answer
-        data = call(self.input_fn, context, body, content_type) if self.input_fn else codecs.decode(body, content_type)
+        if self.input_fn is not None:
+            data = call(self.input_fn, context, codecs.for_handlers(body, content_type), content_type)
+        else:
+            data = codecs.decode(body, content_type, allow_nan)
         decoded = clock()
         prediction = self._predict(context, data, model)
         predicted = clock()
         if self.output_fn is None:
-            answer = codecs.encode(prediction, accept), accept
+            answer = codecs.encode(prediction, accept, allow_nan), accept
         else:
             answer = self._answer(call(self.output_fn, context, prediction, accept), accept)
         context.phase_seconds = (("input", decoded - began), ("predict", predicted - decoded),
                                  ("output", clock() - predicted))
         return answer
 
-    @staticmethod
-    def _answer(result: Any, accept: str) -> Any:
+    def _answer(self, result: Any, accept: str) -> Any:
         if hasattr(result, "get_data") and hasattr(result, "status_code"):
             return result  # a Response made by the user
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             body, content_type = result
-            return _to_bytes(body, content_type), content_type
-        return _to_bytes(result, accept), accept
+            return self._to_bytes(body, content_type), content_type
+        return self._to_bytes(result, accept), accept
 
-
-def _to_bytes(value: Any, content_type: str) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if negotiation.media_type(content_type) in codecs.ENCODERS:
-        return codecs.encode(value, negotiation.media_type(content_type))
-    raise ServeError(f"the handler returned a {type(value).__name__}, which cannot be sent as {content_type}: "
-                     f"return bytes or str")
+    def _to_bytes(self, value: Any, content_type: str) -> bytes:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if negotiation.media_type(content_type) in codecs.ENCODERS:
+            return codecs.encode(value, negotiation.media_type(content_type), self.json_allow_nan)
+        raise ServeError(f"the handler returned a {type(value).__name__}, which cannot be sent as "
+                         f"{content_type}: return bytes or str")

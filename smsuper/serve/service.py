@@ -58,7 +58,7 @@ class ModelService(LoadState):
         step = "importing the handler module"
         try:
             path = locate(self.config.program, code_directories(self.config.base_dir, self.config.submit_directory))
-            self.handlers = Handlers(import_file(path), self.config.default_accept)
+            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan)
             step = "model_fn"
             codecs.numpy_module()  # import numpy now, not during the first request
             self.model = self.handlers.load_model(self.config.model_dir)
