@@ -300,6 +300,69 @@ def test_no_credentials_anywhere_fails_saying_so(pyz, base_env, tmp_path, s3, re
     assert "no AWS credentials" in head, head
 
 
+class DenyingS3:
+    """An S3 endpoint that refuses every request with 403 AccessDenied, as S3 does for a role
+    without s3:GetObject (and, without s3:ListBucket, for a key that does not exist)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Deny(http.server.BaseHTTPRequestHandler):
+            def _deny(self):
+                body = b"" if self.command == "HEAD" else (
+                    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                    b"<Message>Access Denied</Message></Error>")
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET = _deny
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_access_denied_fails_naming_the_credentials_in_use(pyz, base_env, tmp_path):
+    denying = DenyingS3()
+    try:
+        uri = "s3://private-bucket/job-1/source/sourcedir.tar.gz"
+        base = layout(tmp_path / "ml", framework_hyperparameters(uri))
+        proc = run_train(pyz, base_env, base, S3_ENDPOINT_URL=denying.endpoint, AWS_REGION=REGION,
+                         AWS_ACCESS_KEY_ID="AKIAEXAMPLE1234", AWS_SECRET_ACCESS_KEY="testing")
+    finally:
+        denying.close()
+    assert proc.returncode == 2, detail(proc)
+    head = failure_of(base)[:1024]
+    assert head.startswith("CodeDownloadError: cannot download the code " + uri), head
+    assert "S3 denied access" in head and "access key ending 1234, from env" in head, head
+
+
+def test_an_unreachable_s3_fails_with_exit_code_1(pyz, base_env, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        endpoint = "http://127.0.0.1:%d" % probe.getsockname()[1]
+    uri = "s3://some-bucket/sourcedir.tar.gz"
+    base = layout(tmp_path / "ml", framework_hyperparameters(uri))
+    proc = run_train(pyz, base_env, base, S3_ENDPOINT_URL=endpoint, AWS_REGION=REGION,
+                     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    assert proc.returncode == 1, detail(proc)
+    head = failure_of(base)[:1024]
+    assert head.startswith("CodeDownloadError: cannot download the code " + uri), head
+    assert "cannot reach S3" in head and endpoint in head, head
+
+
 def test_a_large_archive_arrives_whole(pyz, base_env, tmp_path, s3, request):
     big = tmp_path / "weights.bin"
     digest = hashlib.sha256()
@@ -503,3 +566,30 @@ def test_serve_with_a_wrong_key_exits_at_once_naming_the_uri(pyz, base_env, tmp_
     assert proc.returncode == 2, detail(proc)
     assert f"cannot download the code {uri} (SAGEMAKER_SUBMIT_DIRECTORY)".encode() in proc.stderr, detail(proc)
     assert f"the bucket {bucket} has no object model-1/nothing-here.tar.gz".encode() in proc.stderr, detail(proc)
+
+
+@needs_nginx
+def test_serve_stops_at_once_on_sigterm_during_a_download_that_hangs(pyz, base_env, tmp_path):
+    # serve has no stop guard of its own before its supervisor starts: the download installs one.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        uri = "s3://silent-bucket/model-1/sourcedir.tar.gz"
+        base = tmp_path / "ml"
+        (base / "model").mkdir(parents=True)
+        env = serve_env(base_env, base, tmp_path, {"S3_ENDPOINT_URL": endpoint, "AWS_REGION": REGION,
+                                                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                                   "SAGEMAKER_SUBMIT_DIRECTORY": uri})
+        proc = subprocess.Popen(serve_command(pyz), env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
+            os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
+            _, err = proc.communicate(timeout=WAIT_LIMIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 143, err.decode(errors="replace")
+    assert b"received SIGTERM while downloading " + uri.encode() in err
