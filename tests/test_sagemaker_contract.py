@@ -365,7 +365,9 @@ def test_submit_directory_archive_is_extracted_into_an_empty_code_dir(tmp_path):
     again = sourcedir.locate(str(archive), "SAGEMAKER_SUBMIT_DIRECTORY", str(tmp_path / "code"))
     assert again.path != str(tmp_path / "code") and os.path.isfile(os.path.join(again.path, "train.py"))
     assert sourcedir.locate(str(source), "x", "/opt/ml/code").path == str(source)
-    assert sourcedir.locate("s3://bucket/sourcedir.tar.gz", "x", "/opt/ml/code").remote
+    # an s3:// location is not downloaded over code that is already there, as in the toolkit
+    remote = sourcedir.locate("s3://bucket/sourcedir.tar.gz", "x", str(tmp_path / "code"))
+    assert remote.remote and remote.path == str(tmp_path / "code")
 
 
 def test_archive_members_escaping_the_code_dir_are_refused(tmp_path):

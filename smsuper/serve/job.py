@@ -242,6 +242,13 @@ def main(args: List[str]) -> int:
         return CONFIG_ERROR
     config = resolve()
     listen = metrics_port.choose(config.port)  # a clash with the serving port stops the job here (exit 2)
+    if config.submit_directory.startswith("s3://"):  # a framework model deployed with source_dir
+        from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
+
+        stop = remote.for_serving(config.submit_directory, config.base_dir, account.credentials,
+                                  account.environ(os.environ))
+        if stop is not None:
+            return stop
     code_dir = None
     if not config.app:
         try:

@@ -27,6 +27,7 @@ from ..init import privileges
 from ..sagemaker import configs, hyperparameters, resources
 from ..sagemaker.environment import EntryPointFacts, TrainingEnvironment
 from ..sagemaker.paths import DEFAULT_BASE_DIR, Paths
+from ..usercode import remote
 from . import distributed, entrypoint, failure, hostwait, launch, outcome, requirements, sourcedir
 from .stopguard import StopRequested, stop_guard
 
@@ -95,13 +96,14 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
     framework_module = settings.value("SAGEMAKER_TRAINING_MODULE")
     try:
         code = sourcedir.locate(submit.value if submit else None, submit.origin if submit else "",
-                                paths.code_dir)
+                                paths.code_dir, remote.Downloader(account.credentials, account.environ(os.environ),
+                                                                  hps.sagemaker("sagemaker_region")))
         if code.remote and not framework_module:
             log.warning(f"{code.note}: looking for the code in {code.path}")
         entry = entrypoint.resolve(program, framework_module, code.path,
                                    os.environ.get("PATH", os.defpath), code.note)
     except sourcedir.SourceDirError as error:
-        raise JobFailure("SourceDirError", str(error), entrypoint.EntryPointNotFound.exit_code) from None
+        raise JobFailure(error.kind, str(error), error.exit_code) from None
     except entrypoint.EntryPointError as error:
         raise JobFailure(type(error).__name__, str(error), error.exit_code) from None
 

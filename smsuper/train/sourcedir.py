@@ -1,26 +1,32 @@
-"""Where the user's code is: /opt/ml/code, or a local sagemaker_submit_directory.
+"""Where the user's code is: /opt/ml/code, or a sagemaker_submit_directory.
 
 A local directory is used in place. A local .tar.gz (what the SDK uploads as
 sourcedir.tar.gz) is extracted: into /opt/ml/code when that is absent or
 empty, as the toolkit does, so paths the script builds from /opt/ml/code keep
 working; otherwise into a fresh private directory, never over the image's
-code. Members that would land outside the target (absolute names, "..",
-links pointing out, devices) are refused. Remote URIs (s3://) are not
-downloaded: smsuper has no AWS client, so such code must already be in
-/opt/ml/code, and the not-found message says so.
+code. An s3:// URI is downloaded (usercode/remote.py: a child process with
+the image's boto3) and extracted into /opt/ml/code, only when that is absent
+or empty, as the toolkit does; code already there wins. Archive members that
+would land outside the target are refused (usercode/archive.py).
 """
 
 from __future__ import annotations
 
 import os
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
+from ..usercode import archive, remote
+
 
 class SourceDirError(ValueError):
-    """The configured submit directory cannot be used."""
+    """The configured submit directory cannot be used; `kind` and `exit_code` end the job."""
+
+    def __init__(self, message: str, kind: str = "SourceDirError", exit_code: int = 127):
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -34,67 +40,44 @@ def is_remote(location: str) -> bool:
     return "://" in location
 
 
-def _is_archive(path: str) -> bool:
-    return os.path.isfile(path) and tarfile.is_tarfile(path)
-
-
-def _is_empty_or_absent(directory: str) -> bool:
+def extract(archive_path: str, target: str) -> None:
+    """Extract `archive_path` into `target`, refusing members that escape it."""
     try:
-        return not os.listdir(directory)
-    except FileNotFoundError:
-        return True
-    except NotADirectoryError:
-        return False
+        archive.extract(archive_path, target)
+    except archive.ArchiveError as error:
+        raise SourceDirError(str(error)) from None
 
 
-def _inside(root: str, target: str) -> bool:
-    root = os.path.realpath(root)
-    return os.path.commonpath([root, os.path.realpath(target)]) == root
-
-
-def _check_member(member: tarfile.TarInfo, target: str) -> None:
-    name = member.name
-    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise SourceDirError(f"refusing archive member {name!r}: it points outside the code directory")
-    if member.isdev():
-        raise SourceDirError(f"refusing archive member {name!r}: device files are not code")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = os.path.dirname(os.path.join(target, name)) if member.issym() else target
-        if os.path.isabs(link) or not _inside(target, os.path.join(base, link)):
-            raise SourceDirError(f"refusing archive member {name!r}: its link {link!r} points outside "
-                                 "the code directory")
-
-
-def extract(archive: str, target: str) -> None:
-    """Extract `archive` into `target`, refusing members that escape it."""
-    os.makedirs(target, exist_ok=True)
+def _remote(location: str, origin: str, code_dir: str, downloader: Optional[remote.Downloader]) -> CodeDir:
+    if not remote.is_empty_or_absent(code_dir):
+        return CodeDir(code_dir, note=f"{origin} {location} is not downloaded ({code_dir} is not empty, and the "
+                                      f"code there wins, as in the SageMaker toolkit)", remote=location)
+    if not remote.is_s3(location):
+        raise SourceDirError(f"{origin}={location}: only s3:// locations are downloaded; put the code in "
+                             f"{code_dir} or name a local directory or .tar.gz")
+    if downloader is None:
+        raise SourceDirError(f"{origin}={location}: {code_dir} is empty and nothing may download the code")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, target)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(target, members=members, filter="data")
-            else:  # Python without extraction filters: members were checked above
-                tar.extractall(target, members=members)
-    except (tarfile.TarError, OSError) as error:
-        raise SourceDirError(f"cannot extract {archive}: {error}") from None
+        remote.provide(location, origin, code_dir, downloader)
+    except remote.CodeDownloadError as error:
+        raise SourceDirError(str(error), error.kind, error.exit_code) from None
+    return CodeDir(code_dir, note=f"downloaded from {location} ({origin})")
 
 
-def locate(submit_directory: Optional[str], origin: str, code_dir: str) -> CodeDir:
+def locate(submit_directory: Optional[str], origin: str, code_dir: str,
+           downloader: Optional[remote.Downloader] = None) -> CodeDir:
     """The directory holding the user's code. `origin` names where the
-    submit directory was configured, for messages."""
+    submit directory was configured, for messages; `downloader` fetches
+    s3:// code."""
     if not submit_directory:
         return CodeDir(code_dir)
     if is_remote(submit_directory):
-        return CodeDir(code_dir, note=f"{origin} {submit_directory} is not downloaded by smsuper",
-                       remote=submit_directory)
+        return _remote(submit_directory, origin, code_dir, downloader)
     location = os.path.abspath(submit_directory)
     if os.path.isdir(location):
         return CodeDir(location, note=f"from {origin}")
-    if _is_archive(location):
-        target = code_dir if _is_empty_or_absent(code_dir) else tempfile.mkdtemp(prefix="smsuper-code-")
+    if archive.is_archive(location):
+        target = code_dir if remote.is_empty_or_absent(code_dir) else tempfile.mkdtemp(prefix="smsuper-code-")
         extract(location, target)
         os.chmod(target, 0o755)  # mkdtemp's 0700 would hide the code from the unprivileged script
         return CodeDir(target, note=f"extracted from {location} ({origin})")
