@@ -106,19 +106,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_namespaces() -> None:
-    """Namespaces left by a test session that was killed (its pid is in the name)."""
-    listed = _sh("ip", "netns", "list", check=False).stdout.split("\n")
-    for line in listed:
+def _stale(name: str, prefix: str) -> bool:
+    """NAME (PREFIX + pid + "-" ...) belongs to a test session that is gone."""
+    try:
+        pid = int(name[len(prefix):].split("-")[0])
+    except ValueError:
+        return False
+    return not _pid_alive(pid)
+
+
+def _remove_leftovers() -> None:
+    """What a killed test session left: its namespace, its containers, its files (its pid is in each name)."""
+    for line in _sh("ip", "netns", "list", check=False).stdout.split("\n"):
         name = line.split(" ")[0]
-        if not name.startswith(NETNS_PREFIX):
-            continue
-        try:
-            pid = int(name[len(NETNS_PREFIX):].split("-")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        if name.startswith(NETNS_PREFIX) and _stale(name, NETNS_PREFIX):
             _sh("ip", "netns", "delete", name, check=False)
+    stale = [path for path in Path(tempfile.gettempdir()).glob(WORK_PREFIX + "*") if _stale(path.name, WORK_PREFIX)]
+    if not stale:
+        return
+    listed = containers.podman("ps", "--all", "--format", "json", check=False)
+    for entry in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
+        workdir = (entry.get("Labels") or {}).get("com.docker.compose.project.working_dir", "")
+        if any(workdir.startswith(str(path) + os.sep) for path in stale):
+            containers.podman("rm", "--force", "--time", "0", entry["Id"], check=False)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Engine:
@@ -130,9 +142,9 @@ class Engine:
                 raise RuntimeError(f"{tool} is missing: run scripts/install-test-deps.sh")
         if not os.path.exists("/usr/lib/podman/aardvark-dns"):
             raise RuntimeError("aardvark-dns is missing (compose's host names): run scripts/install-test-deps.sh")
-        _remove_stale_namespaces()
+        _remove_leftovers()
         self.netns = f"{NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+        self.work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
         self.work.chmod(0o755)  # containers' unprivileged users reach the volumes made under it
         self.socket = self.work / "podman.sock"
         self.log_path = self.work / "service.log"
