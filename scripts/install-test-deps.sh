@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 
 # Debian package names. The keyring lets debootstrap verify trixie and sid, not only the host's
 # suite; fuse-overlayfs is podman's storage fallback where native overlay is unavailable.
+# The SDK local-mode test (tests/test_sdk_local_mode.py) runs podman's service in a network
+# namespace of its own (iproute2): netavark needs iptables there, and compose's host names
+# (algo-1, algo-2) need aardvark-dns.
 PACKAGES=(
     podman runc conmon netavark slirp4netns uidmap fuse-overlayfs
+    iproute2 iptables aardvark-dns
     debootstrap debian-archive-keyring tar
     nginx-light wrk prometheus
     ca-certificates
