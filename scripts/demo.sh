@@ -202,15 +202,16 @@ predictions() {
 metrics() {  # Prometheus text served by PID 1 on SMSUPER_METRICS_PORT
     local text="" lines
     show "curl -s http://127.0.0.1:$METRICS_PORT/metrics"
-    # A worker publishes its request counts up to 0.2 s after the request: ask until they are there.
+    # PID 1 counts requests from nginx's access log, which nginx flushes once a second (and the
+    # /ping calls while the model loaded are counted already): ask until the invocations are there.
     for _ in $(seq 20); do
         text=$(curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null) || text=""
-        case "$text" in *"smsuper_http_requests_total{"*) break ;; esac
+        case "$text" in *'smsuper_http_requests_total{route="/invocations"'*) break ;; esac
         sleep 0.25
     done
     [ -n "$text" ] || die "no metrics endpoint answered on port $METRICS_PORT"
     # Prefer the figures this story moved (requests, the build, processes up, model load), then any.
-    lines=$( { printf '%s\n' "$text" | grep -E '^smsuper_http_requests_total[{ ]'
+    lines=$( { printf '%s\n' "$text" | grep -E '^smsuper_http_requests_total[{ ]' | grep -v 'route="/ping"'
                printf '%s\n' "$text" | grep -E '^smsuper_' | grep -v '_bucket{' \
                    | grep -E '_info[{ ]|_up[{ ]|model_load'; } | head -n 8 || true)
     [ -n "$lines" ] || lines=$(printf '%s\n' "$text" | grep -E '^smsuper_' | head -n 8 || true)
