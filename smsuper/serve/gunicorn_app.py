@@ -19,6 +19,13 @@ serving until nginx (which got SIGQUIT and finishes every request it holds)
 has exited, and only then stops its workers gracefully. Requests waiting in
 the socket's backlog are thus served, not reset. Workers get SIGTERM as their
 parent-death signal, so they never outlive a master killed with SIGKILL.
+
+gunicorn halts the whole server when a worker exits with 3 or 4 (its codes
+for "the worker could not boot" / "the app could not load"), to stop a crash
+loop. User code may exit with any code, so that meaning is kept only for a
+worker that never finished booting: post_worker_init marks the worker's
+heartbeat file (a mode bit the master can fstat), and a marked worker's 3 or 4
+is an ordinary dead worker, replaced and counted like one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ctypes
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -35,6 +43,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger
 
 from .. import log, settings
@@ -50,6 +59,9 @@ PR_SET_PDEATHSIG = 1
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
 KEEPALIVE_WORKER = "smsuper.serve.keepalive_worker.KeepAliveWorker"
+# Set on a worker's heartbeat file once it has booted: the file is shared with the
+# master (it fstat()s it for the timeout), and gunicorn itself never changes its mode.
+BOOTED_MARK = stat.S_IXUSR
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -104,6 +116,27 @@ class JsonLogger(Logger):
             handler.setFormatter(_JsonFormatter())
 
 
+def _mark_booted(worker: Any) -> None:
+    fd = worker.tmp.fileno()
+    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | BOOTED_MARK)
+
+
+def _had_booted(worker: Any) -> bool:
+    try:
+        return bool(os.fstat(worker.tmp.fileno()).st_mode & BOOTED_MARK)
+    except (OSError, ValueError):
+        return False
+
+
+def _reaped(pid: int) -> bool:
+    """Whether this child is gone for good: waited for already, not even a zombie any more."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
 def _nginx_running(pidfile: str) -> bool:
     try:
         with open(pidfile) as handle:
@@ -141,6 +174,27 @@ class DrainingArbiter(Arbiter):
         self.cfg.set("graceful_timeout", max(1, int(left)))
         raise StopIteration
 
+    def reap_workers(self) -> None:
+        # gunicorn raises HaltServer for a worker that exited 3 or 4, right after waiting for
+        # it and before its bookkeeping. The worker it means is the one no longer a child:
+        # had it booted, finish its bookkeeping as gunicorn does for any dead worker, and go on.
+        while True:
+            try:
+                super().reap_workers()
+                return
+            except HaltServer as halt:
+                dead = [worker for pid, worker in self.WORKERS.items() if _reaped(pid)]
+                if len(dead) != 1 or not _had_booted(dead[0]):
+                    raise
+                worker = dead[0]
+                log.error(f"worker {worker.pid} exited with code {halt.exit_status} after it had booted: "
+                          f"the model's code ended the process (os._exit or exit()); replacing it like any "
+                          f"dead worker (gunicorn reads {halt.exit_status} as a boot failure only while a "
+                          f"worker boots)")
+                del self.WORKERS[worker.pid]
+                worker.tmp.close()
+                self.cfg.child_exit(self, worker)
+
     def stop(self, graceful: bool = True) -> None:
         # Workers reaped from here on are not replaced: not restarts (metrics).
         self.smsuper_stopping = True
@@ -161,6 +215,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def post_worker_init(worker: Any) -> None:
         if _heartbeat is not None:
             _heartbeat.done.set()
+        _mark_booted(worker)
         if _service is not None and _service.ready and os.getppid() == worker.ppid:
             readiness.mark_ready(runtime, os.getpid())
 
