@@ -10,17 +10,18 @@ whether the job keeps serving, and what the restart counters say.
 from __future__ import annotations
 
 import os
+import signal
 import threading
-from typing import List
+from typing import Callable, List
 
 import requests
 
 from test_metrics import metrics_env, parse, scrape, value
-from test_serve import background, eventually, free_port, host_pid, serve  # noqa: F401 (fixture)
+from test_serve import background, children_of, eventually, free_port, host_pid, in_flight, serve  # noqa: F401
 
 # A handler whose faults are chosen by the request.
 FAULTY_MODEL = """
-import os, time
+import ctypes, os, time, uuid
 
 BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,6 +29,14 @@ def model_fn(model_dir):
     return "model"
 
 def predict_fn(data, model):
+    if isinstance(data, dict) and data.get("native_call_holding_the_gil"):
+        # A native call that never releases the GIL (PyDLL keeps it), blocked until the test
+        # writes a byte into the FIFO: no thread of this worker runs meanwhile.
+        os.makedirs(os.path.join(BASE, "inflight"), exist_ok=True)
+        open(os.path.join(BASE, "inflight", uuid.uuid4().hex), "w").close()
+        fd = os.open(os.path.join(BASE, "gate.fifo"), os.O_RDWR)
+        ctypes.PyDLL(None).read(fd, ctypes.create_string_buffer(1), 1)
+        return {"released": True}
     if isinstance(data, dict) and "exit" in data:
         os._exit(data["exit"])
     if isinstance(data, dict) and data.get("fork_a_daemon_and_die"):
@@ -125,3 +134,66 @@ def test_a_daemon_forked_by_the_handler_does_not_keep_nginx_waiting(serve):
     assert _concurrently(server, clients=8, each=6) == [200] * 48
     eventually(lambda: value(parse(scrape(port)), "smsuper_worker_restarts_total") == 1,
                "the dead worker to be counted")
+
+
+def _answered_while(server, clients: int, each: int, release: Callable[[], None]) -> List[int]:
+    """_concurrently's statuses, collected while a worker cannot run; then `release` it."""
+    box: List[List[int]] = []
+    sender = threading.Thread(target=lambda: box.append(_concurrently(server, clients, each)), daemon=True)
+    sender.start()
+    sender.join(120)  # a safety net: a request stuck on the worker that cannot run waits for it
+    stuck = sender.is_alive()
+    release()
+    sender.join(300)
+    assert not stuck, "requests waited for the worker that could not run"
+    return box[0]
+
+
+def _workers(server) -> List[int]:
+    master = server.gunicorn_master()
+    eventually(lambda: len(children_of(master)) == 2, "two workers")
+    return children_of(master)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_stopped_worker_keeps_no_request_waiting(serve):
+    """SIGSTOP one worker: nothing of it runs, not even the thread that hands its idle
+    connections over. Requests nginx sends on those connections are answered by the
+    other worker, all of them before the stopped one is continued."""
+    server, _ = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="20")
+    assert _concurrently(server, clients=8, each=4) == [200] * 32  # both workers keep connections
+    stopped = _workers(server)[0]
+    os.kill(stopped, signal.SIGSTOP)
+    eventually(lambda: _state(stopped) == "T", "the worker to be stopped")
+    statuses = _answered_while(server, clients=8, each=10,
+                               release=lambda: os.kill(stopped, signal.SIGCONT))
+    assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
+    assert "has not run for over" in server.stderr()
+    # Continued, the worker forgets the connections it lost and serves on.
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    assert stopped in _workers(server)
+    assert server.terminate() == 0
+
+
+def test_a_native_call_holding_the_gil_keeps_no_request_waiting(serve):
+    """The same with a worker busy in a native call that holds the GIL: its own watchdog
+    thread cannot run, so the hand-over must come from outside the worker."""
+    server, _ = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="20")
+    os.mkfifo(server.base / "gate.fifo")
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    held = background(lambda: server.post({"native_call_holding_the_gil": True}))
+    eventually(lambda: in_flight(server.base) == 1, "the native call to begin")
+
+    def release() -> None:
+        fd = os.open(server.base / "gate.fifo", os.O_RDWR)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    statuses = _answered_while(server, clients=8, each=10, release=release)
+    assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
+    assert held().json() == {"released": True}
+    assert _concurrently(server, clients=8, each=4) == [200] * 32

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ from .. import log, settings
 from ..metrics import serving as serving_metrics
 from . import readiness
 from .config import ServeConfig, resolve
+from .rescue import Rescuer
 from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
 from .runtime import RuntimeDir
 
@@ -154,7 +156,31 @@ def _nginx_running(pidfile: str) -> bool:
 
 
 class DrainingArbiter(Arbiter):
-    """gunicorn's arbiter, but SIGTERM first waits for nginx to finish its requests."""
+    """gunicorn's arbiter, but SIGTERM first waits for nginx to finish its requests, and
+    connections are taken back from a keep-alive worker that does not run (rescue.py)."""
+
+    rescuer: Optional[Rescuer] = None
+
+    def _rescuer(self) -> Optional[Rescuer]:
+        if self.rescuer is None:
+            channel = getattr(self.worker_class, "rescue", None)  # made when the first worker was
+            hand_over = getattr(self.worker_class, "hand_over", None)
+            if channel is not None and hand_over is not None:
+                self.rescuer = Rescuer(channel, _had_booted, hand_over.queued)
+        return self.rescuer
+
+    def sleep(self) -> None:
+        rescuer = self._rescuer()
+        if rescuer is None:
+            super().sleep()
+            return
+        try:
+            if rescuer.wait(self.PIPE[0], self.WORKERS):
+                while os.read(self.PIPE[0], 1):
+                    pass
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EINTR):
+                raise
 
     def handle_term(self) -> None:
         application: "ServeApplication" = self.app
@@ -169,6 +195,8 @@ class DrainingArbiter(Arbiter):
                 self.reap_workers()
                 self.murder_workers()
                 self.manage_workers()
+                if self.rescuer is not None:
+                    self.rescuer.tick(self.WORKERS)
                 time.sleep(0.05)
         left = config.stop_deadline - (time.monotonic() - received)
         self.cfg.set("graceful_timeout", max(1, int(left)))
@@ -241,6 +269,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
 
     def child_exit(server: Any, worker: Any) -> None:
         exited.append((worker, not getattr(server, "smsuper_stopping", False)))
+        rescuer = getattr(server, "rescuer", None)
+        if rescuer is not None:
+            rescuer.worker_exited()  # its connections must not stay open through the master's copies
         settle_exits()
 
     def pre_fork(server: Any, worker: Any) -> None:

@@ -13,6 +13,8 @@ unprivileged user. The routes are exact:
 
 Error answers nginx produces itself (413 body too large, 502 worker died, 504
 too slow) carry a short JSON body too; the app's own 4xx/5xx pass untouched.
+A request is sent again to another worker only when the gunicorn master took
+its connection back, unread, from a worker that does not run (rescue.py).
 
 Body size: client_max_body_size is exactly SAGEMAKER_MAX_PAYLOAD_IN_MB MiB;
 nginx refuses a body only when it is larger than that (a Content-Length equal
@@ -42,6 +44,10 @@ PROXY_BUFFER = 64 * 1024
 # longer, so nginx always closes first. Short, because a retiring worker waits for it.
 UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
+# The gunicorn socket is listed this many times: nginx tries each entry at most once, and a
+# request the master took back from a worker that does not run (rescue.py) needs a second
+# try, a third if that one lands on another taken-back connection too.
+UPSTREAM_TRIES = 3
 
 Version = Tuple[int, ...]
 
@@ -108,6 +114,7 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     upstream_keepalive_timeout = (
         f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT}s;\n" if nginx_version >= (1, 15, 3) else ""
     )
+    upstream_servers = f"        server unix:{runtime.socket} max_fails=0;\n" * UPSTREAM_TRIES
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
     )
@@ -166,8 +173,7 @@ http {{
     client_body_buffer_size {body_buffer};
 
     upstream {UPSTREAM} {{
-        server unix:{runtime.socket} max_fails=0;
-        keepalive 64;
+{upstream_servers}        keepalive 64;
 {upstream_keepalive_timeout}    }}
 
     server {{
@@ -182,8 +188,10 @@ http {{
         proxy_read_timeout {config.timeout}s;
         proxy_buffer_size {PROXY_BUFFER};
         proxy_buffers {proxy_buffers} {PROXY_BUFFER};
-        # A POST that already reached a worker is never sent again.
-        proxy_next_upstream off;
+        # A POST that already reached a worker is never sent again. The invalid header is what
+        # the gunicorn master answers for a request no worker has read (a stuck worker's
+        # connection it took back): that one goes to another worker.
+        proxy_next_upstream invalid_header non_idempotent;
 
         error_page 413 @too_large;
         error_page 502 503 @died;
