@@ -100,14 +100,20 @@ class Channel:
         fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, inode)
 
 
+class Unreadable(Exception):
+    """A live worker's file table cannot be read (/proc hidden or restricted)."""
+
+
 def _socket_inodes(pid: int) -> Set[int]:
     """The sockets in a process's file table, by inode (what /proc/PID/fd links to)."""
     found: Set[int] = set()
     directory = f"/proc/{pid}/fd"
     try:
         names = os.listdir(directory)
-    except OSError:
-        return found
+    except FileNotFoundError:
+        return found  # it has just exited
+    except OSError as error:
+        raise Unreadable(f"{directory}: {error.strerror}") from None
     for name in names:
         try:
             target = os.readlink(f"{directory}/{name}")
@@ -135,6 +141,7 @@ class Rescuer:
         self.max_copies = max(16, (soft if soft != resource.RLIM_INFINITY else 65536) // 2 - 64)
         self.poller.register(channel.take.fileno(), select.POLLIN)
         self.told: Set[int] = set()  # workers whose connections were taken back (logged once per stop)
+        self.disabled = False
         os.register_at_fork(after_in_child=self._forget_in_child)
 
     def _forget_in_child(self) -> None:
@@ -172,6 +179,23 @@ class Rescuer:
         self.sweep_due = True
 
     def tick(self, workers: Dict[int, Any]) -> None:
+        try:
+            self._tick(workers)
+        except Unreadable as error:
+            self._give_up(str(error))
+
+    def _give_up(self, why: str) -> None:
+        """Without the workers' file tables, copies could neither be taken back safely nor told
+        from a dead worker's: hold none (a stuck worker's connections then wait for it)."""
+        log.warning(f"cannot read a worker's open files ({why}): connections are not taken back from "
+                    f"a worker that stops running")
+        self.disabled = True
+        for inode in list(self.copies):
+            self._drop(inode)
+        self.maybe_orphaned.clear()
+        self.sweep_due = False
+
+    def _tick(self, workers: Dict[int, Any]) -> None:
         stuck = self._stuck(workers)
         for pid in stuck:
             self._take_back(pid, _socket_inodes(pid))
@@ -206,7 +230,7 @@ class Rescuer:
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 inode = _inode(sock)
-                if len(self.copies) >= self.max_copies or inode in self.copies:
+                if self.disabled or len(self.copies) >= self.max_copies or inode in self.copies:
                     sock.close()
                     continue
                 os.set_inheritable(fd, False)
