@@ -17,7 +17,7 @@ from typing import Callable, List
 import requests
 
 from test_metrics import metrics_env, parse, scrape, value
-from test_serve import background, children_of, eventually, free_port, host_pid, in_flight, serve  # noqa: F401
+from test_serve import background, children_of, eventually, host_pid, in_flight, serve  # noqa: F401 (fixture)
 
 # A handler whose faults are chosen by the request.
 FAULTY_MODEL = """
