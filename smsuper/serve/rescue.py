@@ -165,14 +165,18 @@ class Rescuer:
         finally:
             self.poller.unregister(wake_fd)
         woken = False
-        for fd, _ in events:
-            if fd == wake_fd:
-                woken = True
-            elif fd == self.channel.take.fileno():
-                self._receive()
-            else:
-                self._drop(self.polled.get(fd))
-        self.tick(workers)
+        try:
+            for fd, _ in events:
+                if fd == wake_fd:
+                    woken = True
+                elif fd == self.channel.take.fileno():
+                    self._receive()
+                else:
+                    self._drop(self.polled.get(fd))
+            self.tick(workers)
+        except Exception as error:  # a chore of the master's loop: it must never stop gunicorn
+            woken = True
+            self._give_up(f"unexpected {error!r}")
         return woken
 
     def worker_exited(self) -> None:
@@ -182,13 +186,16 @@ class Rescuer:
         try:
             self._tick(workers)
         except Unreadable as error:
-            self._give_up(str(error))
+            self._give_up(f"cannot read a worker's open files: {error}")
+        except Exception as error:  # a chore of the master's loop: it must never stop gunicorn
+            self._give_up(f"unexpected {error!r}")
 
     def _give_up(self, why: str) -> None:
         """Without the workers' file tables, copies could neither be taken back safely nor told
         from a dead worker's: hold none (a stuck worker's connections then wait for it)."""
-        log.warning(f"cannot read a worker's open files ({why}): connections are not taken back from "
-                    f"a worker that stops running")
+        if self.disabled:
+            return
+        log.warning(f"{why}: connections are no longer taken back from a worker that stops running")
         self.disabled = True
         for inode in list(self.copies):
             self._drop(inode)
