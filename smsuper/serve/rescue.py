@@ -17,7 +17,7 @@ connection down. nginx treats that answer as "try the next server"
 (`proxy_next_upstream invalid_header non_idempotent`, nginx.py) and sends the
 request again on another connection, to a worker that runs; an idle
 connection answered that way is simply dropped from nginx's cache. The request
-was never read by the app, so resending it is safe. nothing else makes nginx
+was never read by the app, so resending it is safe. Nothing else makes nginx
 resend: a worker that dies mid-request is still one 502.
 
 Who serves a connection is settled by a POSIX record lock on one byte of a
@@ -32,7 +32,9 @@ The copies have a cost: a connection closed by a worker must be shut down
 master still holds open. So the master shuts down every copy no live worker
 holds any more (found twice in a row, so that a connection in the hand-over
 queue between two workers is not mistaken for one), which also gives a dead
-worker's request its immediate 502.
+worker's request its immediate 502. Both need the workers' /proc/PID/fd (they
+run as the master's own user); where it cannot be read, or anything else goes
+wrong here, the master logs it once and holds no copies from then on.
 """
 
 from __future__ import annotations
