@@ -12,8 +12,7 @@ after accept(): once per connection, not per request) and watches the
 workers' heartbeat files. When a worker has not run for STUCK_AFTER seconds,
 the master takes back every connection in that worker's file table which the
 worker is not serving: it discards the request nginx may already have
-written, answers with a response whose header is invalid, and shuts the
-connection down. nginx treats that answer as "try the next server"
+written and answers with a response whose header is invalid. nginx treats that answer as "try the next server"
 (`proxy_next_upstream invalid_header non_idempotent`, nginx.py) and sends the
 request again on another connection, to a worker that runs; an idle
 connection answered that way is simply dropped from nginx's cache. The request
@@ -24,8 +23,11 @@ Who serves a connection is settled by a POSIX record lock on one byte of a
 shared lock file, at the offset of the connection's inode number: a worker
 holds it while it serves a request from the connection (from the first byte
 read to the response's last), and the master takes a connection back only if
-it gets the lock at once. The stuck worker finds its taken-back connections
-closed when it runs again and forgets them.
+it gets the lock at once. It keeps the lock, and the connection open, until
+nginx has read the answer and closed it (a request nginx writes meanwhile
+must not fail: that would be a 502), then discards what is unread and shuts
+it down. The stuck worker finds its taken-back connections locked or closed
+when it runs again and forgets them.
 
 The copies have a cost: a connection closed by a worker must be shut down
 (not just closed) to reach nginx, and a worker that dies leaves connections the
@@ -60,10 +62,20 @@ TICK = 0.1  # how often the master looks while a worker is stuck or a copy may b
 # line without a colon, which nginx calls an invalid header (and resends the request).
 TAKEN_BACK = b"HTTP/1.1 503 Service Unavailable\r\nsmsuper worker not running resend\r\n\r\n"
 _RECEIVE_BATCH = 64
+# A taken-back connection nginx has not closed after this long is shut down anyway.
+TAKEN_BACK_LIMIT = 10.0
 
 
 def _inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    except OSError:
+        pass
 
 
 class Channel:
@@ -137,6 +149,7 @@ class Rescuer:
         self.poller = select.poll()
         self.polled: Dict[int, int] = {}  # fd -> inode, for copies whose peer may close
         self.maybe_orphaned: Set[int] = set()
+        self.taken: Dict[int, float] = {}  # inode -> when: answered, locked, waiting for nginx to close it
         self.sweep_due = False
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         # The master needs descriptors of its own (pipes and files for new workers).
@@ -160,7 +173,7 @@ class Rescuer:
     def wait(self, wake_fd: int, workers: Dict[int, Any]) -> bool:
         """The arbiter's sleep: until a signal's wake-up byte, a copy arrives or a copy's peer
         closes, at most 1 s (TICK while there is work). Returns whether wake_fd is readable."""
-        busy = self.sweep_due or bool(self.maybe_orphaned) or bool(self._stuck(workers))
+        busy = self.sweep_due or bool(self.maybe_orphaned) or bool(self.taken) or bool(self._stuck(workers))
         self.poller.register(wake_fd, select.POLLIN)
         try:
             events = self.poller.poll((TICK if busy else 1.0) * 1000)
@@ -205,6 +218,9 @@ class Rescuer:
         self.sweep_due = False
 
     def _tick(self, workers: Dict[int, Any]) -> None:
+        now = time.monotonic()
+        for inode in [inode for inode, since in self.taken.items() if now - since > TAKEN_BACK_LIMIT]:
+            self._drop(inode)
         stuck = self._stuck(workers)
         for pid in stuck:
             self._take_back(pid, _socket_inodes(pid))
@@ -257,33 +273,34 @@ class Rescuer:
             self.poller.unregister(fd)
         except KeyError:
             pass
-        if shut:
+        taken = self.taken.pop(inode, None) is not None
+        if taken:
+            _discard_unread(sock)  # a request nginx wrote before it saw the answer: resent already
+        if shut or taken:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         sock.close()
+        if taken:
+            self.channel.release(inode)  # only now may the worker that lost it look at it again
 
     def _take_back(self, pid: int, held: Iterable[int]) -> None:
         taken = 0
         for inode in held:
             sock = self.copies.get(inode)
-            if sock is None or not self.channel.claim(inode):
+            if sock is None or inode in self.taken or not self.channel.claim(inode):
                 continue  # not a connection, or the worker is in the middle of a request on it
+            _discard_unread(sock)  # the request nobody read: nginx sends it again
             try:
-                try:
-                    while sock.recv(65536, socket.MSG_DONTWAIT):
-                        pass  # the request nobody read: nginx sends it again
-                except OSError:
-                    pass
-                try:
-                    sock.send(TAKEN_BACK, socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-                self._drop(inode, shut=True)
-                taken += 1
-            finally:
-                self.channel.release(inode)
+                sock.send(TAKEN_BACK, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            # Not shut down yet: nginx may be writing a request into it this very moment, and a
+            # write that fails would be a 502 instead of a resend. nginx closes it once it has
+            # read the answer; until then the master keeps the lock, so the worker reads nothing.
+            self.taken[inode] = time.monotonic()
+            taken += 1
         if taken and pid not in self.told:
             self.told.add(pid)
             log.warning(f"worker {pid} has not run for over {STUCK_AFTER} s (stopped, or a native call holding "
