@@ -341,25 +341,24 @@ class KeepAliveWorker(SyncWorker):
         finally:
             self.busy_since = None
             self.serving = None
-            now = time.monotonic()
-            if now - self.notified_at >= NOTIFY_EVERY:  # a pass serving many requests is not a stuck worker
-                self.notified_at = now
-                self.notify()
-        try:
-            if keep:
-                try:
-                    while req.body.read(8192):  # what the app left unread, so the next request starts clean
-                        pass
-                except (OSError, http.errors.NoMoreData):
-                    _shut(client)
-                    return
-                state.idle_since = time.monotonic()
-                with self.kept_lock:
-                    self.kept[client] = state
-            else:
-                _shut(client)
-        finally:
-            rescue.release(state.inode)
+        if keep:
+            try:
+                while req.body.read(8192):  # what the app left unread, so the next request starts clean
+                    pass
+            except (OSError, http.errors.NoMoreData):
+                keep = False
+        # At once: a worker stopped while it holds the lock keeps that connection from the master.
+        rescue.release(state.inode)
+        if keep:
+            state.idle_since = time.monotonic()
+            with self.kept_lock:
+                self.kept[client] = state
+        else:
+            _shut(client)
+        now = time.monotonic()
+        if now - self.notified_at >= NOTIFY_EVERY:  # a pass serving many requests is not a stuck worker
+            self.notified_at = now
+            self.notify()
 
     def _handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> bool:
         """SyncWorker.handle_request, except the connection may stay open; returns whether it does."""
