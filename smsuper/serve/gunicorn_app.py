@@ -51,8 +51,8 @@ from .. import log, settings
 from ..metrics import serving as serving_metrics
 from . import readiness
 from .config import ServeConfig, resolve
-from .rescue import Rescuer
 from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
+from .rescue import Rescuer
 from .runtime import RuntimeDir
 
 PROC_NAME = "smsuper serve"
@@ -163,7 +163,8 @@ class DrainingArbiter(Arbiter):
 
     def _rescuer(self) -> Optional[Rescuer]:
         if self.rescuer is None:
-            channel = getattr(self.worker_class, "rescue", None)  # made when the first worker was
+            # KeepAliveWorker makes both here in the master, with its first worker object.
+            channel = getattr(self.worker_class, "rescue", None)
             hand_over = getattr(self.worker_class, "hand_over", None)
             if channel is not None and hand_over is not None:
                 self.rescuer = Rescuer(channel, _had_booted, hand_over.queued)
