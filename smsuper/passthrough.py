@@ -44,7 +44,9 @@ def main(args: List[str]) -> int:
         capabilities.become_subreaper()
     supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace)
     set_title(f"smsuper: init [{os.path.basename(args[0])}]")
-    if (os.environ.get("SMSUPER_METRICS_PORT") or "").strip():  # off unless asked for (settings.py says why)
+    # Off unless asked for (settings.py says why): SMSUPER_METRICS_PORT, or the platform's
+    # SAGEMAKER_SAFE_PORT_RANGE, which sets ports aside for exactly such extras.
+    if any((os.environ.get(name) or "").strip() for name in ("SMSUPER_METRICS_PORT", "SAGEMAKER_SAFE_PORT_RANGE")):
         from . import metrics
 
         metrics.start(supervisor)  # before restrict_init: the port may be below 1024

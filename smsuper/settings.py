@@ -170,7 +170,7 @@ _DECLARED: Iterable[Setting] = (
             "Start even in a privileged container (the platform never runs one).", "true or false"),
     Setting("SMSUPER_METRICS_PORT", _integer(0, 65535), 9464,
             "Port of the Prometheus endpoint served by PID 1; 0 turns it off. Other commands open no port "
-            "unless it is set: a shell or a tool run under the init has nothing to report but process figures, "
+            "unless it (or SAGEMAKER_SAFE_PORT_RANGE) is set: a shell or a tool run under the init has nothing to report but process figures, "
             "and a port nobody asked for could clash with the command's own.",
             "a port number 0-65535",
             default_doc="train and serve: 9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE; other commands: off"),

@@ -142,4 +142,5 @@ def _announce(owner: Workload, path: str, why: str, default: Workload) -> None:
         f"{owner.describe()}, the owner of {path}, without any capability"
     log.warning(f"{why}. The workload runs as {who}, instead of {default.describe()}, so that it can read "
                 f"its input (smsuper never changes the modes of input data). To run it as {default.name}, make "
-                f"{path} readable for uid {default.credentials.uid}; to silence this, set {USER_SETTING}")
+                f"{path} readable for uid {default.credentials.uid}; to choose this account without a warning, set "
+                f"{USER_SETTING}={'root' if uid == 0 else uid}")
