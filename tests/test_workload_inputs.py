@@ -132,6 +132,18 @@ def test_default_user_reads_a_0700_root_channel(pyz, base_env, tmp_path):
     assert (base / "input" / "data").stat().st_mode & 0o777 == 0o700
 
 
+def test_default_user_becomes_the_owner_of_a_host_users_0700_channel(pyz, base_env, tmp_path):
+    # A host user's bind mount: 0700 of uid 1000, which neither nobody nor a capability-less root can read.
+    base = layout(tmp_path / "ml", READ_CHANNEL, channel_mode=0o700)
+    for path in [base / "input" / "data", *(base / "input" / "data").rglob("*")]:
+        os.lchown(path, HOST_USER, HOST_USER)
+    proc = run_train(pyz, environment(base_env, base))
+    assert proc.returncode == 0, detail(proc)
+    me = json.loads((base / "model" / "model.json").read_text())
+    assert me == {"uid": HOST_USER, "cap_eff": 0, "no_new_privs": 1, "rows": 2}
+    assert f"uid {HOST_USER}" in proc.stderr.decode()
+
+
 def test_default_user_stays_nobody_when_it_can_read(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", READ_CHANNEL)
     proc = run_train(pyz, environment(base_env, base))
@@ -215,11 +227,11 @@ def stop(proc: subprocess.Popen) -> bytes:
     return stderr
 
 
-pytestmark_serve = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-                                      reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                 reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
 
 
-@pytestmark_serve
+@needs_nginx
 def test_serve_default_user_loads_a_model_in_a_0700_directory(pyz, base_env, tmp_path):
     base = serving_layout(tmp_path / "ml")
     port = free_port()
@@ -239,7 +251,7 @@ def test_serve_default_user_loads_a_model_in_a_0700_directory(pyz, base_env, tmp
     assert str(base / "model") in stderr and "uid 0" in stderr, stderr
 
 
-@pytestmark_serve
+@needs_nginx
 def test_serve_explicit_user_that_cannot_read_the_model_fails_at_once(pyz, base_env, tmp_path):
     base = serving_layout(tmp_path / "ml")
     port = free_port()
