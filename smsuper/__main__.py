@@ -1,7 +1,8 @@
 """argv -> job. Nothing else lives here.
 
 `train` and `serve` are the platform's words; `--help`, `--version` and
-`--check` are smsuper's own; words starting with `_` are internal (a child
+`--check` are smsuper's own; no word at all inside a training layout
+(input/config/ present) means `train`; words starting with `_` are internal (a child
 smsuper started from the same pyz, such as the gunicorn master); anything
 else, or everything after `--`, is a command run under the init like tini.
 """
@@ -81,8 +82,29 @@ JOBS: Dict[str, Callable[[List[str]], int]] = {
 }
 
 
+def _training_layout() -> str:
+    """The config directory of a training job around us, or ''.
+
+    The SageMaker SDK's v3 ModelTrainer local mode starts the image with no
+    command at all (v2 said `train`); the platform's training layout says
+    what is meant.
+    """
+    import os
+
+    try:
+        base = settings.value("SAGEMAKER_BASE_DIR")
+    except settings.SettingError:
+        return ""
+    config = os.path.join(base, "input", "config")
+    return config if os.path.isdir(config) else ""
+
+
 def main(argv: List[str]) -> int:
     if not argv:
+        config = _training_layout()
+        if config:
+            log.info(f"no job given and {config} exists: running train")
+            return _train([])
         print(USAGE.rstrip(), file=sys.stderr)
         print("smsuper: no job given: say train, serve, or a command to run", file=sys.stderr)
         return 2

@@ -20,6 +20,9 @@ from .init.supervisor import Supervisor
 from .titles import set_title
 
 DEFAULT_GRACE_PERIOD = 8.0  # inside `docker stop`'s default 10 s
+# `docker run -it IMAGE bash`: the terminal is the person's, as under tini; smsuper speaks when
+# something is wrong, or when SMSUPER_LOG_LEVEL asks.
+DEFAULT_LOG_LEVEL = "warning"
 
 
 def main(args: List[str]) -> int:
@@ -27,7 +30,7 @@ def main(args: List[str]) -> int:
         log.error("no command given after --: say which program to run")
         return 2
     settings.validate("command")
-    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
+    log.configure(settings.value("SMSUPER_LOG_LEVEL") or DEFAULT_LOG_LEVEL, settings.value("SMSUPER_LOG_FORMAT"))
     grace = settings.value("SMSUPER_GRACE_PERIOD")
     try:
         account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"),
@@ -43,9 +46,12 @@ def main(args: List[str]) -> int:
                             rewrite_stop=settings.value("SMSUPER_STOP_SIGNAL"),
                             success_codes=settings.value("SMSUPER_SUCCESS_EXIT_CODES"))
     set_title(f"smsuper: init [{os.path.basename(args[0])}]")
-    from . import metrics
+    # Off unless asked for (settings.py says why): SMSUPER_METRICS_PORT, or the platform's
+    # SAGEMAKER_SAFE_PORT_RANGE, which sets ports aside for exactly such extras.
+    if any((os.environ.get(name) or "").strip() for name in ("SMSUPER_METRICS_PORT", "SAGEMAKER_SAFE_PORT_RANGE")):
+        from . import metrics
 
-    metrics.start(supervisor)  # before restrict_init: the port may be below 1024
+        metrics.start(supervisor)  # before restrict_init: the port may be below 1024
     try:
         supervisor.start(ChildSpec(role="command", argv=args, env=account.environ(os.environ),
                                    credentials=account.credentials, foreground=True), primary=True)

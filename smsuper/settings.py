@@ -187,8 +187,10 @@ def _metric_definitions(text: str) -> list:
 
 _DECLARED: Iterable[Setting] = (
     # -- every job
-    Setting("SMSUPER_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
-            "Lowest level of smsuper's own messages (on stderr).", "debug, info, warning or error"),
+    Setting("SMSUPER_LOG_LEVEL", _choice("debug", "info", "warning", "error"), None,
+            "Lowest level of smsuper's own messages (on stderr). A pass-through command's terminal shows only "
+            "the command's output unless something is wrong, as under tini.", "debug, info, warning or error",
+            default_doc="info for train and serve, warning for other commands"),
     Setting("SMSUPER_LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes smsuper's own messages and nginx's access log as JSON lines.", "text or json"),
     Setting("SMSUPER_GRACE_PERIOD", _number(0.0), None,
@@ -215,9 +217,11 @@ _DECLARED: Iterable[Setting] = (
     Setting("SMSUPER_ALLOW_PRIVILEGED", _boolean, False,
             "Start even in a privileged container (the platform never runs one).", "true or false"),
     Setting("SMSUPER_METRICS_PORT", _integer(0, 65535), 9464,
-            "Port of the Prometheus endpoint served by PID 1; 0 turns it off.",
+            "Port of the Prometheus endpoint served by PID 1; 0 turns it off. Other commands open no port "
+            "unless it (or SAGEMAKER_SAFE_PORT_RANGE) is set: a shell or a tool run under the init has nothing to report but process figures, "
+            "and a port nobody asked for could clash with the command's own.",
             "a port number 0-65535",
-            default_doc="9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE"),
+            default_doc="train and serve: 9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE; other commands: off"),
     Setting("SMSUPER_RUNTIME_DIR", _text, "",
             "Private directory for rendered configs, sockets and pid files.", "a directory path",
             default_doc="a new directory under /tmp"),

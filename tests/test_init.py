@@ -227,7 +227,7 @@ def test_pid1_reaps_orphans_and_leaves_no_zombie(pyz, base_env):
 
 def test_pid1_leaves_nothing_behind_after_child_exits(pyz, base_env):
     command = "for i in $(seq 100); do sleep 300 & done; exit 0"
-    proc = unshare(pyz, dict(base_env, SMSUPER_GRACE_PERIOD="5"), "sh", "-c", command)
+    proc = unshare(pyz, dict(base_env, SMSUPER_GRACE_PERIOD="5", SMSUPER_LOG_LEVEL="info"), "sh", "-c", command)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "100 leftover" in err

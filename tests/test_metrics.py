@@ -406,7 +406,7 @@ def test_a_bad_request_to_the_endpoint_gets_a_clear_answer_and_the_job_goes_on(p
 
 def test_metrics_port_comes_from_the_safe_port_range(pyz, base_env, tmp_path):
     low = free_port()
-    env = dict(base_env, SAGEMAKER_SAFE_PORT_RANGE=f"{low}-{low + 3}")
+    env = dict(base_env, SAGEMAKER_SAFE_PORT_RANGE=f"{low}-{low + 3}", SMSUPER_LOG_LEVEL="info")
     env.pop("SMSUPER_METRICS_PORT")
     command = WaitingCommand(pyz, env, tmp_path / "gate")
     with command as proc:
@@ -440,7 +440,7 @@ def test_metrics_port_0_turns_the_endpoint_off(pyz, base_env):
     done = subprocess.run([sys.executable, str(pyz), "true"], env=dict(base_env, SMSUPER_METRICS_PORT="0"),
                           capture_output=True, text=True, timeout=WAIT_LIMIT)
     assert done.returncode == 0 and "metrics at" not in done.stderr
-    on = subprocess.run([sys.executable, str(pyz), "true"], env=dict(base_env, **metrics_env()),
+    on = subprocess.run([sys.executable, str(pyz), "true"], env=dict(base_env, SMSUPER_LOG_LEVEL="info", **metrics_env()),
                         capture_output=True, text=True, timeout=WAIT_LIMIT)
     assert on.returncode == 0 and "metrics at" in on.stderr
 

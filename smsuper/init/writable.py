@@ -5,7 +5,7 @@ Exactly the directories a job names, and how:
   chown of the directory itself; its contents are left alone (the platform
   gives these directories empty; input data is never touched);
 - a directory named in `recursive` also has its existing contents handed over
-  (links are not followed): the training job's checkpoint directory, whose
+  (links are not followed, see handback.py): the training job's checkpoint directory, whose
   files from an interrupted run the script must overwrite to resume;
 - a read-only mount, or a user who cannot reach the directory through its
   parents, is reported with the path and why, never fixed behind the user's
@@ -71,9 +71,14 @@ def _prepare_one(directory: str, account: Workload, deep: bool) -> str:
 
 
 def _chown_contents(directory: str, owner) -> None:
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), *owner)
+    # Never by path: the checkpoints of an earlier run may hold links to anywhere (handback.py).
+    from .handback import chown_tree
+
+    problem = chown_tree(directory, owner)
+    if problem:
+        from .. import log
+
+        log.warning(f"handing {directory} over: {problem}")
 
 
 def _cannot(directory: str, action: str, error: OSError, account: Workload) -> str:

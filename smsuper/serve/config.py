@@ -113,5 +113,5 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         base_dir=get("SAGEMAKER_BASE_DIR"),
         program=get("SAGEMAKER_PROGRAM") or "inference.py",
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
-        log_level=get("SMSUPER_LOG_LEVEL"),
+        log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
     )

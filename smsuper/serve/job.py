@@ -25,7 +25,7 @@ import signal
 from typing import List, Optional, Tuple
 
 from .. import log, selfcmd, settings
-from ..init import capabilities, privileges
+from ..init import capabilities, inputs, privileges
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
 from ..metrics import port as metrics_port
@@ -257,6 +257,14 @@ def main(args: List[str]) -> int:
         except HandlerError as error:
             log.error(str(error))
             return CONFIG_ERROR
+    try:
+        # The model may arrive in a 0700 directory (the SDK extracts it into one): never start a
+        # server whose model_fn could not read it (init/inputs.py).
+        account = inputs.choose(account, [config.model_dir, code_dir or ""],
+                                explicit=bool(os.environ.get(privileges.USER_SETTING, "").strip()))
+    except privileges.PrivilegeError as error:
+        log.error(str(error))
+        return CONFIG_ERROR
     if os.getpid() != 1:
         capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
     set_title("smsuper: init [serve]")

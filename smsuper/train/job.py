@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .. import log, redact, settings
-from ..init import privileges
+from ..init import handback, inputs, privileges
 from ..sagemaker import configs, hyperparameters, resources
 from ..sagemaker.environment import EntryPointFacts, TrainingEnvironment
 from ..sagemaker.paths import DEFAULT_BASE_DIR, Paths
@@ -54,6 +54,7 @@ class Prepared:
     training: TrainingEnvironment
     account: privileges.Workload
     writable_dirs: List[str] = field(default_factory=list)
+    handover: Optional[handback.Handover] = None  # given back to the directories' owners after the job
 
 
 def _python() -> str:
@@ -69,6 +70,12 @@ def _configured(setting: str, hyperparameter: str, hps: hyperparameters.Hyperpar
     if from_hp not in (None, ""):
         return entrypoint.Configured(str(from_hp), f"the {hyperparameter} hyperparameter in {config_path}")
     return None
+
+
+def _inputs(paths: Paths, entry: entrypoint.EntryPoint, training: TrainingEnvironment) -> List[str]:
+    """What the script reads: the config, every channel, its code (init/inputs.py checks them)."""
+    return [paths.input_config_dir, paths.input_data_dir, *training.channel_input_dirs.values(),
+            entry.code_dir or entry.target]
 
 
 def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
@@ -126,6 +133,11 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
         checkpoint_dir=configs.checkpoint_dir(config, paths),
         job_name=os.environ.get("TRAINING_JOB_NAME"),
     )
+    try:
+        account = inputs.choose(account, _inputs(paths, entry, training),
+                                explicit=bool(os.environ.get(privileges.USER_SETTING, "").strip()))
+    except privileges.PrivilegeError as error:
+        raise JobFailure("PrivilegeError", str(error), CONFIG_ERROR_CODE) from None
     torchrun = distributed.torch_requested(hps, settings.value("SMSUPER_TORCH_DISTRIBUTED"))
     plan = distributed.plan(training.hosts, training.current_host, settings.value("SMSUPER_MASTER_PORT"),
                             torchrun, training.num_gpus)
@@ -153,14 +165,21 @@ def _prepare_places(prepared: Prepared) -> None:
     from ..init import writable
 
     account = prepared.account
+    if account.owner is not None:
+        prepared.handover = handback.Handover(prepared.writable_dirs)
     for problem in writable.prepare(prepared.writable_dirs, account,
                                     recursive=[prepared.training.checkpoint_dir]):
         log.warning(problem)
-    for directory in [prepared.entry.code_dir, *prepared.training.channel_input_dirs.values()]:
-        problem = writable.unreadable(directory, account) if directory else ""
-        if problem:
-            log.warning(problem)
+    if prepared.handover is not None:
+        prepared.handover.handed()
     prepared.account = account.with_home()
+
+
+def _give_back(prepared: Optional[Prepared]) -> None:
+    """Model, output and checkpoints belong to their owners again (before output/failure is written)."""
+    if prepared is not None and prepared.handover is not None:
+        handover, prepared.handover = prepared.handover, None
+        handover.give_back(prepared.account.credentials.uid)
 
 
 def _report_failure(paths: Paths, summary_head: Optional[str], status: str, lines: List[str],
@@ -228,6 +247,7 @@ def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Sna
     privileges.restrict_init()
     code = supervisor.run()
     account.cleanup()
+    _give_back(prepared)
 
     if spawn_problem:
         problem = spawn_problem[0]
@@ -291,6 +311,7 @@ def main(args: List[str]) -> int:
         from ..init import capabilities
 
         capabilities.become_subreaper()  # orphans of the script are ours to reap
+    prepared: Optional[Prepared] = None
     try:
         with stop_guard():
             prepared = prepare(paths, list(args))
@@ -304,8 +325,10 @@ def main(args: List[str]) -> int:
                                     success_codes=settings.value("SMSUPER_SUCCESS_EXIT_CODES"))
         return _supervise(paths, prepared, supervisor, before)
     except JobFailure as problem:
+        _give_back(prepared)
         return _fail_early(paths, problem, before)
     except StopRequested as stop:
+        _give_back(prepared)
         return _fail_early(paths, JobFailure("Stopped", f"received {stop} before the training program "
                                                         "started", 128 + stop.signum), before)
     except Exception as error:  # smsuper's own bug: still leave a reason behind
@@ -313,6 +336,7 @@ def main(args: List[str]) -> int:
 
         detail = traceback.format_exc()
         log.error(f"internal error: {detail}")
+        _give_back(prepared)
         outcome.write_failure(paths, failure.failure_text(failure.compose(
             f"smsuper internal error: {type(error).__name__}: {error}",
             f"exit code {INTERNAL_ERROR_CODE}.", detail.splitlines()), detail.splitlines()), before)
