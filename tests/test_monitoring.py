@@ -291,6 +291,11 @@ def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_en
         assert not prometheus.firing("SmsuperWorkerRestartLoop", broken.metrics_port)
         assert not prometheus.firing("SmsuperNginxDown")
         assert not prometheus.firing("SmsuperTrainingStuck")
+        if os.environ.get("SMSUPER_RENDER_DASHBOARD"):  # the README's picture, drawn from this run's data
+            sys.path.insert(0, str(KIT))
+            from render_dashboard import render
+
+            render(f"http://127.0.0.1:{prometheus.port}", os.environ["SMSUPER_RENDER_DASHBOARD"], 1.0)
     finally:
         for thing in reversed(started):
             if isinstance(thing, Server):
