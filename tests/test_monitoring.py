@@ -301,3 +301,55 @@ def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_en
             if isinstance(thing, Server):
                 (thing.base / "open").touch()
             thing.close()
+
+
+# ---- the series the rules need, one by one ---------------------------------------------------------
+
+def test_recycled_workers_are_told_apart_from_dying_ones(pyz, base_env, tmp_path):
+    """SMSUPER_MAX_REQUESTS=1 replaces a worker after every request: planned, so no restart loop."""
+    server = serving(pyz, base_env, tmp_path, GATED_MODEL, SMSUPER_MAX_REQUESTS="1")
+    try:
+        server.wait_ready()
+        sent = 6
+        for number in range(sent):
+            assert server.post([number]).status_code == 200
+        eventually(lambda: restarts(server) == sent, "every recycled worker to be replaced")
+        samples = parse(scrape(server.metrics_port))
+        assert value(samples, "smsuper_worker_recycles_total") == sent
+        os.kill(gunicorn_workers(server)[0], signal.SIGKILL)  # one that really died
+        eventually(lambda: restarts(server) == sent + 1, "the killed worker to be replaced")
+        assert value(parse(scrape(server.metrics_port)), "smsuper_worker_recycles_total") == sent
+    finally:
+        server.close()
+
+
+def test_readiness_and_limits_are_exported_and_a_fifo_cannot_hang_the_scrape(pyz, base_env, tmp_path):
+    server = serving(pyz, base_env, tmp_path, FAILING_MODEL, SAGEMAKER_MODEL_SERVER_TIMEOUT="17",
+                     SMSUPER_WORKER_THREADS="3", SAGEMAKER_MAX_PAYLOAD_IN_MB="9")
+    try:
+        def failed() -> bool:
+            try:
+                samples = parse(scrape(server.metrics_port))
+            except requests.RequestException:
+                return False
+            return value(samples, "smsuper_serving_status", status="failed") == 1
+
+        eventually(failed, "the scrape to say the model failed to load")
+        samples = parse(scrape(server.metrics_port))
+        assert value(samples, "smsuper_ready") == 0
+        assert value(samples, "smsuper_ready_workers") == 0
+        assert value(samples, "smsuper_serving_status", status="ready") == 0
+        assert value(samples, "smsuper_model_server_workers") == 2
+        assert value(samples, "smsuper_model_server_worker_threads") == 3
+        assert value(samples, "smsuper_model_server_timeout_seconds") == 17
+        assert value(samples, "smsuper_max_payload_bytes") == 9 * 1024 * 1024
+        # The runtime directory is the workload's: a FIFO in place of ping-status.json must
+        # neither hang PID 1's loop nor become a label.
+        status = tmp_path / "run" / "ping-status.json"
+        status.unlink()
+        os.mkfifo(status)
+        samples = parse(scrape(server.metrics_port))
+        assert value(samples, "smsuper_serving_status", status="starting") == 1
+        assert value(samples, "smsuper_ready") == 0
+    finally:
+        server.close()
