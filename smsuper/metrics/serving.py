@@ -94,6 +94,9 @@ class _Metrics:
                                 "(max requests, crashes, timeouts).")
         self.timeouts = Counter("smsuper_worker_timeouts", "gunicorn workers killed because a request ran "
                                 "past the worker timeout.")
+        # Counted by the worker itself as it leaves: restarts minus recycles are the unplanned ones.
+        self.recycles = Counter("smsuper_worker_recycles", "gunicorn workers that left on their own after "
+                                "SMSUPER_MAX_REQUESTS requests (planned restarts).")
         self._counted: Dict[Tuple[str, str], Any] = {}
         self._timed = {route: self.latency.labels(route) for route in (*ROUTES.values(), OTHER_ROUTE)}
         self._phase = {}
@@ -231,9 +234,12 @@ def record_phases(environ: dict, phases: Optional[Iterable[Tuple[str, float]]]) 
         environ[PHASES_KEY] = phases
 
 
-def publish_pending() -> None:
-    """In a worker about to exit: publish what its thread has not yet."""
+def publish_pending(recycled: bool = False) -> None:
+    """In a worker about to exit: publish what its thread has not yet. `recycled`: it leaves
+    because it has served SMSUPER_MAX_REQUESTS requests."""
     if _state is not None:
+        if recycled:
+            _state.recycles.inc()
         _state.batch.publish()
 
 

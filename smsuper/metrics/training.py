@@ -41,11 +41,13 @@ class LogMetrics:
     def __init__(self, definitions: Sequence[dict]):
         self.patterns: List[Tuple[str, Pattern]] = [(d["Name"], re.compile(d["Regex"])) for d in definitions]
         self.values: Dict[str, float] = {}
+        self.seen_at: Dict[str, float] = {}  # unix time of the last line that gave each a value
 
     def feed(self, chunk: bytes) -> None:
         """Called by the relay with whole lines (a hook: it must not raise, and must be quick)."""
         if not self.patterns:
             return
+        now = None
         for line in chunk.decode("utf-8", "replace").splitlines():
             for name, pattern in self.patterns:
                 match = pattern.search(line)
@@ -53,6 +55,7 @@ class LogMetrics:
                     value = _value(match)
                     if value is not None:
                         self.values[name] = value
+                        self.seen_at[name] = now = now or time.time()
 
 
 def phase(supervisor) -> str:
@@ -88,8 +91,15 @@ def collector(supervisor, log_metrics: LogMetrics):
                 exit_code.add(script.status.code)
         user = gauge("training_metric", "The training program's own metrics, parsed from its log lines by "
                                         "SMSUPER_METRIC_DEFINITIONS; the last value seen.")
+        seen = gauge("training_metric_timestamp_seconds", "Unix time of the last log line that gave the "
+                                                          "training program's metric a value.")
         for name, value in log_metrics.values.items():
             user.add(value, name=name)
-        return [phases, duration, exit_code, user]
+            seen.add(log_metrics.seen_at[name], name=name)
+        # Every declared name, seen or not: "declared but never seen" is then one query.
+        declared = gauge("training_metric_declared", "1 for each metric SMSUPER_METRIC_DEFINITIONS declares.")
+        for name in dict.fromkeys(name for name, _ in log_metrics.patterns):
+            declared.add(1, name=name)
+        return [phases, duration, exit_code, user, seen, declared]
 
     return collect

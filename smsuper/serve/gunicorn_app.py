@@ -325,7 +325,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
             getattr(live, "smsuper_gpu_id", None) for live in server.WORKERS.values())
 
     def worker_exit(server: Any, worker: Any) -> None:
-        serving_metrics.publish_pending()
+        serving_metrics.publish_pending(recycled=worker.nr >= worker.max_requests)
         readiness.mark_gone(runtime, os.getpid())
 
     def worker_abort(worker: Any) -> None:

@@ -125,11 +125,11 @@ class ServeJob:
         if self.metrics_port is None:
             return
         from .. import metrics
-        from ..metrics import multiproc, nginx_status
+        from ..metrics import multiproc, nginx_status, serving_state
 
         directory = self.runtime.metrics_dir
         multiproc.prepare(directory, self.owner)
-        collectors = [multiproc.collector(directory)]
+        collectors = [multiproc.collector(directory), serving_state.collector(self.runtime, self.config)]
         if self.nginx_binary:
             # What clients got, from nginx's access log; the workers then count nothing themselves.
             from ..metrics.responses import ResponseCounts
