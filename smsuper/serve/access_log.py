@@ -5,11 +5,16 @@ process may be a pipe owned by root it cannot reopen), so it writes to a FIFO
 and PID 1's loop copies whole lines to fd 1. PID 1 also holds a write end
 itself: with no writer at all (while nginx restarts) a FIFO reads as EOF
 forever and would spin the loop.
+
+The FIFO lives in PID 1's own part of the runtime directory (runtime.py), where
+the workload cannot replace it; it belongs to the workload's user only so that
+nginx may open it. PID 1 still checks that what it opened is that FIFO.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Optional, Tuple
 
 from .. import log
@@ -24,10 +29,14 @@ class AccessLogRelay:
             pass
         os.mkfifo(path, 0o600)
         if owner is not None:
-            os.chown(path, *owner)
+            os.chown(path, *owner, follow_symlinks=False)
         # Reader first: opening a FIFO's write end without a reader fails (O_NONBLOCK) or blocks.
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._keep_open = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(path, os.O_RDONLY | flags)
+        if not stat.S_ISFIFO(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise OSError(f"{path} is not the FIFO smsuper made")
+        self._keep_open = os.open(path, os.O_WRONLY | flags)
         self._as_json = as_json
         self._pending = b""
         self._relay = None if as_json else LineRelay(self.fd, 1)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import signal
 from typing import List, Optional, Tuple
 
 from .. import log, selfcmd, settings
-from ..init import capabilities, privileges
+from ..init import capabilities, privileges, untrusted
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
 from ..metrics import port as metrics_port
@@ -60,9 +59,28 @@ def _nginx_credentials(credentials: Credentials) -> Credentials:
                        keep_capabilities=capabilities.mask(capabilities.CAP_SETGID))
 
 
+def _adopted_group(group: int) -> bool:
+    """Whether process group `group` has members and all of them are PID 1's own children."""
+    members = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2:].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == group:
+            if int(fields[1]) != os.getpid():
+                return False
+            members += 1
+    return members > 0
+
+
 class ServeJob:
     def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload,
-                 metrics_port: Optional[int] = None):
+                 metrics_port: Optional[int] = None, runtime_root: str = ""):
         self.config = config
         self.metrics_port = metrics_port
         self.metrics_dir: Optional[str] = None  # set once the metrics endpoint listens
@@ -71,9 +89,14 @@ class ServeJob:
         # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
         self.credentials = account.credentials
         self.owner = account.owner
-        self.runtime = runtime_dir.create(settings.value("SMSUPER_RUNTIME_DIR"), self.owner)
+        self.runtime = runtime_dir.create(runtime_root or runtime_dir.choose("", account), self.owner)
         self.account = account.with_home(self.runtime.root)
         self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
+        # The servers chdir (gunicorn) or start (nginx) here: a place their user can be.
+        self.cwd = runtime_dir.reachable_cwd(account, code_dir, self.runtime)
+        if self.cwd is not None:
+            log.info(f"the servers start in {self.cwd}: smsuper's working directory cannot be reached by "
+                     f"{account.describe()}")
         self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
         self.supervisor = Supervisor(config.grace_period, settings.value("SMSUPER_RESTART_LIMIT"),
                                      settings.value("SMSUPER_RESTART_WINDOW"))
@@ -92,8 +115,8 @@ class ServeJob:
         if self.metrics_dir:
             argv += ["--metrics-dir", self.metrics_dir]
         env = self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
-        return ChildSpec(role="gunicorn", argv=argv, env=env, credentials=self.credentials, relay=True,
-                         stop_signal=signal.SIGTERM, restart=True)
+        return ChildSpec(role="gunicorn", argv=argv, env=env, cwd=self.cwd, credentials=self.credentials,
+                         relay=True, stop_signal=signal.SIGTERM, restart=True)
 
     def _nginx_spec(self) -> ChildSpec:
         assert self.nginx_binary
@@ -108,7 +131,7 @@ class ServeJob:
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
                                          settings.value("SMSUPER_LOG_FORMAT") == "json")
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
-        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
+        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
                          restart=True)
 
@@ -130,10 +153,20 @@ class ServeJob:
 
     def _remove_status_socket(self) -> None:
         # A killed nginx leaves its unix socket behind, and the next one could not bind it.
+        # (unlink never follows the last component, and the shared directory's place is PID 1's.)
         try:
             os.unlink(self.runtime.nginx_status)
-        except FileNotFoundError:
+        except OSError:
             pass
+
+    def _readiness(self, action, *args) -> None:
+        """A readiness chore of PID 1: a full disk or a file the workload broke costs /ping's
+        explanation, never the loop (the servers' own markers still say whether one can serve)."""
+        try:
+            action(self.runtime, *args)
+        except OSError as error:
+            log.warning(f"could not update the readiness files in {self.runtime.shared} ({action.__name__}): "
+                        f"{error.strerror or error}")
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
@@ -150,15 +183,15 @@ class ServeJob:
             self.supervisor.shutdown("a server could not start", exit_code=error.exit_code)
 
     def start(self) -> None:
-        readiness.reset(self.runtime)  # a reused SMSUPER_RUNTIME_DIR may hold a stale `ready`
-        readiness.write_status(self.runtime, "starting", "the model server is starting")
+        self._readiness(readiness.reset)
+        self._readiness(readiness.write_status, "starting", "the model server is starting")
         install = requirements.plan(self.code_dir, settings.value("SMSUPER_INSTALL_REQUIREMENTS"),
                                     os.environ) if self.code_dir else None
         if install is None:
             self.start_servers()
             return
         argv, env = install
-        readiness.write_status(self.runtime, "starting", "installing requirements.txt")
+        self._readiness(readiness.write_status, "starting", "installing requirements.txt")
         log.info(f"installing {os.path.join(self.code_dir or '', requirements.REQUIREMENTS_FILE)}")
         try:
             self.supervisor.start(ChildSpec(role="pip", argv=argv, env=env, cwd=self.code_dir, relay=True))
@@ -180,22 +213,25 @@ class ServeJob:
                 self.supervisor.shutdown("requirements could not be installed", exit_code=status.code or 1)
         elif role == "gunicorn":
             # No worker of the dead master can serve any more (they get SIGTERM as it dies).
-            readiness.clear(self.runtime)
+            self._readiness(readiness.clear)
             if not self.supervisor.stopping:
-                readiness.write_status(self.runtime, "restarting",
-                                       f"the model server exited ({status.describe()}) and is restarting")
+                self._readiness(readiness.write_status, "restarting",
+                                f"the model server exited ({status.describe()}) and is restarting")
         elif role == "nginx":
             self._stop_orphaned_nginx_workers()
             self._remove_status_socket()
 
     def _stop_orphaned_nginx_workers(self) -> None:
-        """nginx workers outlive a killed master and keep the port: ask them to finish and go."""
+        """nginx workers outlive a killed master and keep the port: ask them to finish and go.
+
+        Their group's id comes from nginx's pid file, which the workload could fill with
+        any number: the group is signalled only when every member is an orphan PID 1
+        adopted (a worker of the dead master), never a process of anyone else."""
         try:
-            with open(self.runtime.nginx_pid) as handle:
-                group = int(handle.read().strip() or 0)
+            group = int(untrusted.read_regular(self.runtime.nginx_pid, 32).strip() or 0)
         except (OSError, ValueError):
             return
-        if group > 1:
+        if group > 1 and _adopted_group(group):
             try:
                 os.killpg(group, signal.SIGQUIT)
             except (ProcessLookupError, PermissionError):
@@ -210,7 +246,7 @@ class ServeJob:
         if self.access_log is not None:
             self.access_log.close()
         if self.own_runtime:
-            shutil.rmtree(self.runtime.root, ignore_errors=True)
+            runtime_dir.remove(self.runtime)
         return code
 
 
@@ -224,6 +260,11 @@ def main(args: List[str]) -> int:
         account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"), settings.value("SMSUPER_USER"),
                                           os.environ)
     except privileges.PrivilegeError as error:
+        log.error(str(error))
+        return CONFIG_ERROR
+    try:
+        runtime_root = runtime_dir.choose(settings.value("SMSUPER_RUNTIME_DIR"), account)
+    except runtime_dir.RuntimeDirError as error:
         log.error(str(error))
         return CONFIG_ERROR
     config = resolve()
@@ -242,4 +283,4 @@ def main(args: List[str]) -> int:
     log.info(f"serving on port {config.port}: {config.workers} worker(s)"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
-    return ServeJob(config, code_dir, account, listen).run()
+    return ServeJob(config, code_dir, account, listen, runtime_root).run()
