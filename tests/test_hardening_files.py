@@ -352,3 +352,15 @@ def test_no_reachable_place_at_all_fails_at_once_naming_each(nobody_serve, tmp_p
         assert tried in message, message
     assert "restarting" not in message
     assert locked.exists()
+
+
+def test_a_runtime_filesystem_full_at_start_stops_serve_with_a_reason(nobody_serve, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    # One page: /ping's "starting" body takes it, nginx.conf finds no room.
+    server = nobody_serve(prelude=tmpfs_prelude(run, size="4k"))
+    code = server.proc.wait(timeout=WAIT_LIMIT)
+    message = server.stderr()
+    assert code != 0, message
+    assert "Traceback" not in message, message
+    assert "No space left on device" in message and "nginx.conf" in message, message

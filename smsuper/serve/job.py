@@ -124,9 +124,12 @@ class ServeJob:
         uid, gid = self.owner or (os.geteuid(), os.getegid())
         as_root = _names(uid, gid) if uid == 0 else None
         workers = max(1, min(MAX_NGINX_WORKERS, default_workers() // 2))
-        with open(self.runtime.nginx_conf, "w") as handle:
-            handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
-                                      stub_status=self.stub_status))
+        try:
+            with open(self.runtime.nginx_conf, "w") as handle:
+                handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
+                                          stub_status=self.stub_status))
+        except OSError as error:  # a failed write() or close() names no file: say which
+            raise OSError(error.errno, error.strerror, self.runtime.nginx_conf) from None
         self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
                                          settings.value("SMSUPER_LOG_FORMAT") == "json")
@@ -181,6 +184,10 @@ class ServeJob:
             self.start_failure = error
             log.error(f"cannot start the model server: {error.message}")
             self.supervisor.shutdown("a server could not start", exit_code=error.exit_code)
+        except OSError as error:  # nginx.conf or the access-log FIFO: a full or read-only runtime disk
+            log.error(f"cannot start the model server: {error.filename or self.runtime.root}: "
+                      f"{error.strerror or error}. Free space there, or set SMSUPER_RUNTIME_DIR to another place")
+            self.supervisor.shutdown("the runtime directory is not usable", exit_code=1)
 
     def start(self) -> None:
         self._readiness(readiness.reset)
