@@ -223,8 +223,9 @@ _DECLARED: Iterable[Setting] = (
             "a port number 0-65535",
             default_doc="train and serve: 9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE; other commands: off"),
     Setting("SMSUPER_RUNTIME_DIR", _text, "",
-            "Private directory for rendered configs, sockets and pid files.", "a directory path",
-            default_doc="a new directory under /tmp"),
+            "Private directory for rendered configs, sockets and pid files; SMSUPER_USER must be able to "
+            "reach it (serve stops at once otherwise).", "a directory path",
+            default_doc="a new directory under the first of TMPDIR, /tmp, /dev/shm that SMSUPER_USER can reach"),
     # -- training
     Setting("SAGEMAKER_BASE_DIR", _nonempty, "/opt/ml",
             "Root of the platform's files (config, data, model, output).", "a directory path",

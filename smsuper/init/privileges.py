@@ -159,15 +159,25 @@ class Workload:
 
     def with_home(self, parent: Optional[str] = None) -> "Workload":
         """This account with a HOME it can write: its own, else a private one
-        made in `parent` (default: TMPDIR or /tmp), removed by cleanup()."""
+        made in `parent` (default: TMPDIR, or /tmp when the account cannot reach
+        TMPDIR), removed by cleanup().
+
+        `parent` must be a directory the workload cannot write, or a sticky one
+        like /tmp: the workload can then not rename its HOME away and put a link
+        in its place for cleanup() to follow."""
         if _writable_home(self.home, self.credentials.uid, self.switches):
             return self
-        parent = parent or os.environ.get("TMPDIR") or "/tmp"
+        if not parent:
+            from .writable import unreachable
+
+            parent = os.environ.get("TMPDIR") or "/tmp"
+            if unreachable(os.path.join(parent, "x"), self):
+                parent = "/tmp"
         path = os.path.join(parent, f"smsuper-home-{self.credentials.uid}-{os.urandom(4).hex()}")
         try:
             os.mkdir(path, 0o700)  # fails if it exists: nobody can plant it for us
             if self.owner is not None:
-                os.chown(path, *self.owner)
+                os.chown(path, *self.owner, follow_symlinks=False)
         except OSError as error:
             log.warning(f"HOME for {self.describe()} is {self.home or '(unset)'}, which it cannot write, and "
                         f"no private HOME could be made in {parent}: {error.strerror or error}; "
@@ -179,6 +189,7 @@ class Workload:
     def cleanup(self) -> None:
         if self.private_home:
             _remove_tree(self.private_home)
+            self.private_home = None
 
 
 def workload(spec: str, explicit: bool) -> Workload:
@@ -268,21 +279,11 @@ def _writable_home(home: str, uid: int, switches: bool) -> bool:
 
 
 def _remove_tree(path: str) -> None:
-    """shutil.rmtree without importing shutil into PID 1 (and never following links)."""
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            _quietly(os.unlink, os.path.join(root, name))
-        for name in dirs:
-            full = os.path.join(root, name)
-            _quietly(os.unlink if os.path.islink(full) else os.rmdir, full)
-    _quietly(os.rmdir, path)
+    """The workload wrote in it as it pleased: removed through directory fds, never
+    following a link it planted there (init/untrusted.py)."""
+    from .untrusted import remove_tree
 
-
-def _quietly(action, path: str) -> None:
-    try:
-        action(path)
-    except OSError:
-        pass
+    remove_tree(path)
 
 
 # ---- output streams and PID 1 itself ----------------------------------------------

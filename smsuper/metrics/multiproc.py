@@ -17,7 +17,17 @@ of every process that is gone into one archive per file kind
 `all` gauge describe a living process and are simply dropped. The fold and
 the deletion happen under an exclusive flock on `.lock`; PID 1 reads under a
 shared one, so a scrape counts a dead worker exactly once: in its own files
-or in the archive, never in both and never in neither.
+or in the archive, never in both and never in neither. The archives are all
+written before any is put in place, so a full disk aborts a compaction whole
+(the next one retries) instead of counting some kinds twice.
+
+The directory is the workload's (serve/runtime.py): PID 1 opens it and every
+file in it through init/untrusted.py, so a link is never followed, a FIFO or
+device never opened, a file never read past MAX_FILE_BYTES. The gunicorn
+master's compaction does the same, so a planted FIFO does not hang it either.
+
+A process that finds no room for its file on a full disk (metrics/roomy_mmap.py)
+leaves an empty `.no-room-<pid>` here; PID 1 counts them.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ import os
 import struct
 import time
 
-from .exposition import Family, gauge
+from ..init import untrusted
+from .exposition import Family, counter, gauge
 
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
 if TYPE_CHECKING:
@@ -39,6 +50,9 @@ if TYPE_CHECKING:
 
 LOCK_FILE = ".lock"
 ARCHIVE = "archive"
+NO_ROOM_PREFIX = ".no-room-"
+# Far beyond what bounded label values produce; a bigger file is not prometheus_client's.
+MAX_FILE_BYTES = 64 << 20
 _USED = struct.Struct("i")
 _VALUE = struct.Struct("dd")
 # Kinds of file whose values outlive their process, and how two of them combine.
@@ -56,10 +70,28 @@ _SHARED_LOCK_WAIT = 0.2  # seconds PID 1 waits for a compaction to finish before
 
 # ---- the file format --------------------------------------------------------------
 
-def read_entries(path: str) -> List[Entry]:
-    """(key, value, timestamp) of every entry; raises FileNotFoundError when gone."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+def read_entries(path: str, dir_fd: Optional[int] = None) -> List[Entry]:
+    """(key, value, timestamp) of every entry; raises FileNotFoundError when gone and
+    untrusted.NotRegularFile for a FIFO, a device, ... (never opened for reading)."""
+    fd = untrusted.open_regular(path, dir_fd)
+    try:
+        head = os.read(fd, 8)
+        if len(head) < 8:
+            return []
+        wanted = min(max(_USED.unpack_from(head, 0)[0], 8), MAX_FILE_BYTES) - 8
+        chunks = [head]
+        while wanted > 0:
+            chunk = os.read(fd, min(wanted, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            wanted -= len(chunk)
+    finally:
+        os.close(fd)
+    return _decode(b"".join(chunks))
+
+
+def _decode(data: bytes) -> List[Entry]:
     if len(data) < 8:
         return []
     used = min(_USED.unpack_from(data, 0)[0], len(data))
@@ -94,10 +126,12 @@ def encode_entries(entries: Iterable[Entry]) -> bytes:
 
 def write_entries(path: str, entries: Iterable[Entry]) -> None:
     """Replace `path` atomically (the temporary name does not end in .db, so no reader lists it)."""
-    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(encode_entries(entries))
-    os.replace(temporary, path)
+    directory, name = os.path.split(path)
+    fd = untrusted.open_directory(directory or ".")
+    try:
+        untrusted.replace_file(fd, name, encode_entries(entries), 0o600)
+    finally:
+        os.close(fd)
 
 
 def parse_name(name: str) -> Optional[Tuple[str, str, str]]:
@@ -105,6 +139,8 @@ def parse_name(name: str) -> Optional[Tuple[str, str, str]]:
     if not name.endswith(".db") or name.startswith("."):
         return None
     parts = name[:-3].split("_")
+    if not (parts[-1].isdigit() or parts[-1] == ARCHIVE):
+        return None
     if parts[0] == "gauge" and len(parts) == 3:
         return "gauge", parts[1], parts[2]
     if parts[0] in ("counter", "histogram", "summary") and len(parts) == 2:
@@ -119,20 +155,30 @@ def _kind(kind: str, mode: str) -> str:
 # ---- locking ------------------------------------------------------------------------
 
 class DirectoryLock:
-    """flock on the directory's .lock file: shared for readers, exclusive for the compactor."""
+    """flock on the directory's .lock file: shared for readers, exclusive for the compactor.
+    `dir_fd` is the directory, opened with untrusted.open_directory."""
 
-    def __init__(self, directory: str, exclusive: bool):
-        self.path = os.path.join(directory, LOCK_FILE)
+    def __init__(self, dir_fd: int, exclusive: bool):
+        self.dir_fd = dir_fd
         self.exclusive = exclusive
         self.fd = -1
         self.held = False
 
     def __enter__(self) -> "DirectoryLock":
         try:
-            flags = os.O_RDWR | os.O_CREAT if self.exclusive else os.O_RDONLY
-            self.fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+            self.fd = untrusted.open_regular(LOCK_FILE, self.dir_fd)
+        except FileNotFoundError:
+            if self.exclusive:  # the compactor (the workload's own master) may make it again
+                try:
+                    os.close(os.open(LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o600, dir_fd=self.dir_fd))
+                    self.fd = untrusted.open_regular(LOCK_FILE, self.dir_fd)
+                except OSError:
+                    return self
+            else:
+                return self
         except OSError:
-            return self  # no lock file (made by someone else's hand): read without it
+            return self  # a FIFO or a link in its place: go on without the lock rather than hang
         if self.exclusive:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
             self.held = True
@@ -156,19 +202,15 @@ class DirectoryLock:
 
 
 def prepare(directory: str, owner: Optional[Tuple[int, int]] = None) -> None:
-    """A fresh, empty directory for one run (files of an earlier run would add to this one's counts)."""
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    """A fresh, empty directory for one run (files of an earlier run would add to this one's counts).
+    Before the workload runs; `directory`'s parent is out of its reach."""
+    untrusted.remove_tree(directory)
+    os.mkdir(directory, 0o700)
     lock = os.path.join(directory, LOCK_FILE)
-    os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     if owner is not None:
-        os.chown(directory, *owner)
-        os.chown(lock, *owner)
+        os.chown(directory, *owner, follow_symlinks=False)
+        os.chown(lock, *owner, follow_symlinks=False)
 
 
 # ---- reading and merging (PID 1, at scrape time) ------------------------------------------
@@ -246,12 +288,8 @@ class _Merged:
         return family
 
 
-def _files(directory: str) -> List[Tuple[str, Tuple[str, str, str]]]:
+def _files(names: Iterable[str]) -> List[Tuple[str, Tuple[str, str, str]]]:
     found = []
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return found
     for name in names:
         parsed = parse_name(name)
         if parsed is not None:
@@ -260,19 +298,36 @@ def _files(directory: str) -> List[Tuple[str, Tuple[str, str, str]]]:
     return found
 
 
-def collect_directory(directory: str) -> Tuple[List[Family], int]:
-    """Every metric in `directory`, merged over processes, and the number of files read."""
+def _open(directory: str) -> int:
+    """The directory's fd, or -1 when it is gone (or something else than a directory now)."""
+    try:
+        return untrusted.open_directory(directory)
+    except OSError:
+        return -1
+
+
+def collect_directory(directory: str) -> Tuple[List[Family], int, int]:
+    """Every metric in `directory`, merged over processes, the number of files read, and how
+    many processes found no room for theirs."""
     merged: Dict[str, _Merged] = {}
-    with DirectoryLock(directory, exclusive=False):
-        files = _files(directory)
-        contents = []
-        for name, parsed in files:
-            if parsed[1].startswith("live") and not _alive(parsed[2]):
-                continue  # a dead worker's live gauge, not yet compacted away
-            try:
-                contents.append((parsed, read_entries(os.path.join(directory, name))))
-            except FileNotFoundError:
-                continue  # a live gauge removed as its worker died
+    dir_fd = _open(directory)
+    if dir_fd < 0:
+        return [], 0, 0
+    try:
+        with DirectoryLock(dir_fd, exclusive=False):
+            names = os.listdir(dir_fd)
+            files = _files(names)
+            contents = []
+            for name, parsed in files:
+                if parsed[1].startswith("live") and not _alive(parsed[2]):
+                    continue  # a dead worker's live gauge, not yet compacted away
+                try:
+                    contents.append((parsed, read_entries(name, dir_fd)))
+                except OSError:
+                    continue  # a live gauge removed as its worker died; a FIFO nobody should read
+    finally:
+        os.close(dir_fd)
+    no_room = sum(1 for name in names if name.startswith(NO_ROOM_PREFIX))
     for (kind, mode, pid), entries in contents:
         for key, value, timestamp in entries:
             metric, sample, labels, help_text = _parse_key(key)
@@ -281,7 +336,7 @@ def collect_directory(directory: str) -> Tuple[List[Family], int]:
                 target = merged[metric] = _Merged(kind, mode, help_text)
             target.add(sample, labels, value, timestamp, pid)
     families = [merged[metric].family(metric) for metric in sorted(merged)]
-    return families, len(files)
+    return families, len(files), no_room
 
 
 # ---- compaction (the gunicorn master, after a worker died) -------------------------------
@@ -292,37 +347,62 @@ def _alive(pid: str) -> bool:
 
 def compact(directory: str, keep_pids: Iterable[int] = ()) -> int:
     """Fold the files of every process that is gone into the archives; returns how many
-    processes were folded. `keep_pids` are alive whatever /proc says (the caller itself)."""
+    processes were folded. `keep_pids` are alive whatever /proc says (the caller itself).
+    Raises OSError (a full disk) with nothing changed."""
     keep = {str(pid) for pid in keep_pids}
-    with DirectoryLock(directory, exclusive=True):
-        dead: Dict[str, List[str]] = {}  # file kind -> names
-        doomed: List[str] = []
-        pids = set()
-        for name, (kind, mode, pid) in _files(directory):
-            if pid == ARCHIVE or pid in keep or _alive(pid):
-                continue
-            pids.add(pid)
-            doomed.append(name)
-            if _kind(kind, mode) in _KEEP_WHEN_DEAD:
-                dead.setdefault(_kind(kind, mode), []).append(name)
+    dir_fd = _open(directory)
+    if dir_fd < 0:
+        return 0
+    try:
+        with DirectoryLock(dir_fd, exclusive=True):
+            return _compact(dir_fd, keep)
+    finally:
+        os.close(dir_fd)
+
+
+def _compact(dir_fd: int, keep: set) -> int:
+    dead: Dict[str, List[str]] = {}  # file kind -> names
+    doomed: List[str] = []
+    pids = set()
+    for name, (kind, mode, pid) in _files(os.listdir(dir_fd)):
+        if pid == ARCHIVE or pid in keep or _alive(pid):
+            continue
+        pids.add(pid)
+        doomed.append(name)
+        if _kind(kind, mode) in _KEEP_WHEN_DEAD:
+            dead.setdefault(_kind(kind, mode), []).append(name)
+    written: List[Tuple[str, str]] = []  # (temporary, archive): renamed only once all are written
+    try:
         for file_kind, names in dead.items():
             how = _KEEP_WHEN_DEAD[file_kind]
-            archive = os.path.join(directory, f"{file_kind}_{ARCHIVE}.db")
+            archive = f"{file_kind}_{ARCHIVE}.db"
             values: Dict[str, List[float]] = {}
-            for path in [archive] + [os.path.join(directory, name) for name in names]:
+            for name in [archive] + names:
                 try:
-                    entries = read_entries(path)
-                except FileNotFoundError:
-                    continue
+                    entries = read_entries(name, dir_fd)
+                except OSError:
+                    continue  # gone, or a FIFO/link planted in its place: nothing to fold
                 for key, value, timestamp in entries:
                     if not math.isnan(value):
                         values[key] = _combine(how, values.get(key), value, timestamp)
-            write_entries(archive, ((key, v, t) for key, (v, t) in values.items()))
-        for name in doomed:
+            temporary = f".{archive}.{os.urandom(6).hex()}.tmp"
+            written.append((temporary, archive))
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
             try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+                data = memoryview(encode_entries((key, v, t) for key, (v, t) in values.items()))
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+    except OSError:
+        for temporary, _ in written:
+            untrusted.unlink(temporary, dir_fd)
+        raise
+    for temporary, archive in written:
+        os.replace(temporary, archive, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    for name in doomed:
+        untrusted.unlink(name, dir_fd)
     return len(pids)
 
 
@@ -330,10 +410,14 @@ def collector(directory: str):
     """A collector of everything gunicorn's processes recorded in `directory`."""
 
     def collect() -> List[Family]:
-        families, count = collect_directory(directory)
+        families, count, no_room = collect_directory(directory)
         files = gauge("multiprocess_files", "prometheus_client files read for this scrape: the living "
                                             "processes' own and the archives of dead ones.")
         files.add(count)
-        return families + [files]
+        dropped = counter("metrics_dropped_processes", "gunicorn processes that could not record some of "
+                                                       "their metrics because the metrics directory's "
+                                                       "filesystem was full (each logs a warning).")
+        dropped.add(no_room)
+        return families + [files, dropped]
 
     return collect

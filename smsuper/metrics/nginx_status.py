@@ -6,12 +6,20 @@ reach it and no port is taken. nginx answers it from its own event loop
 without touching gunicorn, so the answer takes well under a millisecond
 even when every worker is busy; the short timeout only bounds how long
 PID 1's loop can wait for an nginx that is stopped or gone.
+
+The socket's directory is the workload's: PID 1 connects only to the socket
+found under that name (opened O_PATH | O_NOFOLLOW, then reached through
+/proc/self/fd, so a link planted there leads nowhere else), and reads at most
+MAX_ANSWER bytes within TIMEOUT in all, whatever answers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import stat
+import time
 
 from .exposition import Family, counter, gauge
 
@@ -20,6 +28,7 @@ if TYPE_CHECKING:
     from typing import Dict, List, Optional
 
 TIMEOUT = 0.25
+MAX_ANSWER = 4096  # a stub_status page is about 100 bytes
 PATH = "/stub_status"
 
 _ACTIVE = re.compile(r"Active connections:\s*(\d+)")
@@ -45,19 +54,34 @@ def parse(text: str) -> Optional[Dict[str, int]]:
 
 def fetch(socket_path: str, timeout: float = TIMEOUT) -> Optional[Dict[str, int]]:
     """GET /stub_status over the unix socket; None when nginx does not answer in time."""
+    deadline = time.monotonic() + timeout
     try:
+        path_fd = os.open(socket_path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISSOCK(os.fstat(path_fd).st_mode):
+            return None
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(socket_path)
+            sock.connect(f"/proc/self/fd/{path_fd}")
             sock.sendall(f"GET {PATH} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode("ascii"))
             chunks = []
-            while True:
-                chunk = sock.recv(4096)
+            received = 0
+            while received < MAX_ANSWER:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None  # a trickle of bytes must not hold PID 1's loop
+                sock.settimeout(left)
+                chunk = sock.recv(MAX_ANSWER - received)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                received += len(chunk)
     except OSError:  # socket.timeout is an OSError too
         return None
+    finally:
+        os.close(path_fd)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or status_line[1] != b"200":

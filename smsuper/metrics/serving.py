@@ -27,6 +27,8 @@ plain numbers under one lock (_Batch), and a thread of its own publishes them
 at most PUBLISH_DELAY later, and the worker's exit hook publishes the rest.
 Only requests in flight are written at once: that gauge is about right now.
 A worker killed with SIGKILL loses at most its last PUBLISH_DELAY of figures.
+A full disk costs metrics, never requests: the files' room is reserved before
+prometheus_client's mmap touches it (roomy_mmap.py).
 getpid() is a system call, and prometheus_client makes one per update to
 notice a fork: its values here ask _pid instead, which the fork hook keeps.
 """
@@ -75,8 +77,11 @@ class _Metrics:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
         from prometheus_client import Counter, Gauge, Histogram, values
 
+        from . import roomy_mmap
+
         # Read when each metric is made; the process_identifier is prometheus_client's own hook.
         values.ValueClass = values.MultiProcessValue(process_identifier=_current_pid)
+        roomy_mmap.install()  # a full disk drops metrics instead of killing workers with SIGBUS
 
         # Counted by the workers only when no nginx answers in front of them (see responses.py).
         self.requests = Counter("smsuper_http_requests", REQUESTS_HELP, ["route", "code"]) if count_requests else None
@@ -190,7 +195,13 @@ def install(directory: Optional[str], count_requests: bool = True) -> None:
         return  # SIGHUP: gunicorn reloads its config; the metrics of this process stay
     _state = _Metrics(directory, count_requests)
     # A master restarted by PID 1 finds its predecessors' files: fold them now.
-    multiproc.compact(directory, keep_pids=[os.getpid()])
+    try:
+        multiproc.compact(directory, keep_pids=[os.getpid()])
+    except OSError as error:
+        from .. import log
+
+        log.warning(f"could not fold the metrics files of earlier processes in {directory}: "
+                    f"{error.strerror or error}; the next worker exit tries again")
 
 
 def enabled() -> bool:

@@ -11,11 +11,16 @@ Each line nginx writes starts with the route label and the status
 (metrics/responses.py) and prints the rest of the line, leaving out /ping
 unless SMSUPER_LOG_PING. Lines nginx did not shape so (nothing else should
 write here) are printed as they are and not counted.
+
+The FIFO lives in PID 1's own part of the runtime directory (runtime.py), where
+the workload cannot replace it; it belongs to the workload's user only so that
+nginx may open it. PID 1 still checks that what it opened is that FIFO.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from .. import log
@@ -36,10 +41,14 @@ class AccessLogRelay:
             pass
         os.mkfifo(path, 0o600)
         if owner is not None:
-            os.chown(path, *owner)
+            os.chown(path, *owner, follow_symlinks=False)
         # Reader first: opening a FIFO's write end without a reader fails (O_NONBLOCK) or blocks.
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._keep_open = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(path, os.O_RDONLY | flags)
+        if not stat.S_ISFIFO(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise OSError(f"{path} is not the FIFO smsuper made")
+        self._keep_open = os.open(path, os.O_WRONLY | flags)
         self._as_json = as_json
         self._pending = b""
         self._counts = counts

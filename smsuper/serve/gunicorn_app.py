@@ -342,7 +342,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
 
 def _worker_tmp_dir(runtime: RuntimeDir) -> str:
     # The heartbeat file is touched constantly: keep it in memory when possible.
-    return "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else runtime.root
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else runtime.shared
 
 
 def build_wsgi(config: ServeConfig, runtime: Optional[RuntimeDir],

@@ -20,12 +20,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import signal
 from typing import List, Optional, Tuple
 
 from .. import log, selfcmd, settings
-from ..init import capabilities, inputs, privileges
+from ..init import capabilities, inputs, privileges, untrusted
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..init.supervisor import Supervisor
 from ..metrics import port as metrics_port
@@ -64,9 +63,28 @@ def _nginx_credentials(credentials: Credentials) -> Credentials:
                        keep_capabilities=capabilities.mask(capabilities.CAP_SETGID))
 
 
+def _adopted_group(group: int) -> bool:
+    """Whether process group `group` has members and all of them are PID 1's own children."""
+    members = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2:].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == group:
+            if int(fields[1]) != os.getpid():
+                return False
+            members += 1
+    return members > 0
+
+
 class ServeJob:
     def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload,
-                 metrics_port: Optional[int] = None):
+                 metrics_port: Optional[int] = None, runtime_root: str = ""):
         self.config = config
         self.metrics_port = metrics_port
         self.metrics_dir: Optional[str] = None  # set once the metrics endpoint listens
@@ -75,9 +93,14 @@ class ServeJob:
         # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
         self.credentials = account.credentials
         self.owner = account.owner
-        self.runtime = runtime_dir.create(settings.value("SMSUPER_RUNTIME_DIR"), self.owner)
+        self.runtime = runtime_dir.create(runtime_root or runtime_dir.choose("", account), self.owner)
         self.account = account.with_home(self.runtime.root)
         self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
+        # The servers chdir (gunicorn) or start (nginx) here: a place their user can be.
+        self.cwd = runtime_dir.reachable_cwd(account, code_dir, self.runtime)
+        if self.cwd is not None:
+            log.info(f"the servers start in {self.cwd}: smsuper's working directory cannot be reached by "
+                     f"{account.describe()}")
         self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
         # SIGQUIT too is a stop here (a forwarded one would make gunicorn drop what it holds);
         # each server then gets the signal that drains it (the specs' stop_signal).
@@ -99,8 +122,8 @@ class ServeJob:
         if self.metrics_dir:
             argv += ["--metrics-dir", self.metrics_dir]
         env = self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
-        return ChildSpec(role="gunicorn", argv=argv, env=env, credentials=self.credentials, relay=True,
-                         stop_signal=signal.SIGTERM, restart=True)
+        return ChildSpec(role="gunicorn", argv=argv, env=env, cwd=self.cwd, credentials=self.credentials,
+                         relay=True, stop_signal=signal.SIGTERM, restart=True)
 
     def _nginx_spec(self) -> ChildSpec:
         assert self.nginx_binary
@@ -108,15 +131,18 @@ class ServeJob:
         uid, gid = self.owner or (os.geteuid(), os.getegid())
         as_root = _names(uid, gid) if uid == 0 else None
         workers = max(1, min(MAX_NGINX_WORKERS, default_workers() // 2))
-        with open(self.runtime.nginx_conf, "w") as handle:
-            handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
-                                      stub_status=self.stub_status))
+        try:
+            with open(self.runtime.nginx_conf, "w") as handle:
+                handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
+                                          stub_status=self.stub_status))
+        except OSError as error:  # a failed write() or close() names no file: say which
+            raise OSError(error.errno, error.strerror, self.runtime.nginx_conf) from None
         self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
                                          settings.value("SMSUPER_LOG_FORMAT") == "json",
                                          counts=self.responses, log_ping=self.config.log_ping)
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
-        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version),
+        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
                          restart=True)
 
@@ -144,10 +170,20 @@ class ServeJob:
 
     def _remove_status_socket(self) -> None:
         # A killed nginx leaves its unix socket behind, and the next one could not bind it.
+        # (unlink never follows the last component, and the shared directory's place is PID 1's.)
         try:
             os.unlink(self.runtime.nginx_status)
-        except FileNotFoundError:
+        except OSError:
             pass
+
+    def _readiness(self, action, *args) -> None:
+        """A readiness chore of PID 1: a full disk or a file the workload broke costs /ping's
+        explanation, never the loop (the servers' own markers still say whether one can serve)."""
+        try:
+            action(self.runtime, *args)
+        except OSError as error:
+            log.warning(f"could not update the readiness files in {self.runtime.shared} ({action.__name__}): "
+                        f"{error.strerror or error}")
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
@@ -162,17 +198,21 @@ class ServeJob:
             self.start_failure = error
             log.error(f"cannot start the model server: {error.message}")
             self.supervisor.shutdown("a server could not start", exit_code=error.exit_code)
+        except OSError as error:  # nginx.conf or the access-log FIFO: a full or read-only runtime disk
+            log.error(f"cannot start the model server: {error.filename or self.runtime.root}: "
+                      f"{error.strerror or error}. Free space there, or set SMSUPER_RUNTIME_DIR to another place")
+            self.supervisor.shutdown("the runtime directory is not usable", exit_code=1)
 
     def start(self) -> None:
-        readiness.reset(self.runtime)  # a reused SMSUPER_RUNTIME_DIR may hold a stale `ready`
-        readiness.write_status(self.runtime, "starting", "the model server is starting")
+        self._readiness(readiness.reset)
+        self._readiness(readiness.write_status, "starting", "the model server is starting")
         install = requirements.plan(self.code_dir, settings.value("SMSUPER_INSTALL_REQUIREMENTS"),
                                     os.environ) if self.code_dir else None
         if install is None:
             self.start_servers()
             return
         argv, env = install
-        readiness.write_status(self.runtime, "starting", "installing requirements.txt")
+        self._readiness(readiness.write_status, "starting", "installing requirements.txt")
         log.info(f"installing {os.path.join(self.code_dir or '', requirements.REQUIREMENTS_FILE)}")
         try:
             self.supervisor.start(ChildSpec(role="pip", argv=argv, env=env, cwd=self.code_dir, relay=True))
@@ -194,22 +234,25 @@ class ServeJob:
                 self.supervisor.shutdown("requirements could not be installed", exit_code=status.code or 1)
         elif role == "gunicorn":
             # No worker of the dead master can serve any more (they get SIGTERM as it dies).
-            readiness.clear(self.runtime)
+            self._readiness(readiness.clear)
             if not self.supervisor.stopping:
-                readiness.write_status(self.runtime, "restarting",
-                                       f"the model server exited ({status.describe()}) and is restarting")
+                self._readiness(readiness.write_status, "restarting",
+                                f"the model server exited ({status.describe()}) and is restarting")
         elif role == "nginx":
             self._stop_orphaned_nginx_workers()
             self._remove_status_socket()
 
     def _stop_orphaned_nginx_workers(self) -> None:
-        """nginx workers outlive a killed master and keep the port: ask them to finish and go."""
+        """nginx workers outlive a killed master and keep the port: ask them to finish and go.
+
+        Their group's id comes from nginx's pid file, which the workload could fill with
+        any number: the group is signalled only when every member is an orphan PID 1
+        adopted (a worker of the dead master), never a process of anyone else."""
         try:
-            with open(self.runtime.nginx_pid) as handle:
-                group = int(handle.read().strip() or 0)
+            group = int(untrusted.read_regular(self.runtime.nginx_pid, 32).strip() or 0)
         except (OSError, ValueError):
             return
-        if group > 1:
+        if group > 1 and _adopted_group(group):
             try:
                 os.killpg(group, signal.SIGQUIT)
             except (ProcessLookupError, PermissionError):
@@ -224,7 +267,7 @@ class ServeJob:
         if self.access_log is not None:
             self.access_log.close()
         if self.own_runtime:
-            shutil.rmtree(self.runtime.root, ignore_errors=True)
+            runtime_dir.remove(self.runtime)
         return code
 
 
@@ -265,10 +308,15 @@ def main(args: List[str]) -> int:
     except privileges.PrivilegeError as error:
         log.error(str(error))
         return CONFIG_ERROR
+    try:  # once the account is known: its user must reach the runtime directory
+        runtime_root = runtime_dir.choose(settings.value("SMSUPER_RUNTIME_DIR"), account)
+    except runtime_dir.RuntimeDirError as error:
+        log.error(str(error))
+        return CONFIG_ERROR
     if os.getpid() != 1:
         capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
     set_title("smsuper: init [serve]")
     log.info(f"serving on port {config.port}: {config.workers} worker(s)"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
-    return ServeJob(config, code_dir, account, listen).run()
+    return ServeJob(config, code_dir, account, listen, runtime_root).run()

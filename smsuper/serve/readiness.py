@@ -15,7 +15,13 @@ Who writes what:
 - PID 1 removes everything when the gunicorn master dies (its workers die
   with it: they receive SIGTERM as their parent-death signal).
 Both updates run under one flock, so "last marker gone" and "a new worker is
-ready" cannot interleave into a wrong answer.
+ready" cannot interleave into a wrong answer. Nobody waits for that lock for
+ever: a holder stopped mid-way (SIGSTOP) costs a warning, not PID 1's loop.
+
+All of it lives in the servers' own directory (runtime.py), which the workload
+can rearrange: every operation here goes through init/untrusted.py (no link
+followed, no FIFO opened, /ping's body replaced by rename, never written in
+place), so PID 1 running these as root acts on nothing but these files.
 
 A model that fails to load is recorded in `ping-status.json` and logged once
 for all workers: the first to create `logged.d/<hash of the message>` with
@@ -28,10 +34,15 @@ import errno
 import fcntl
 import json
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..init import untrusted
 from .runtime import RuntimeDir
+
+LOCK_WAIT = 2.0  # seconds: the lock is held for microseconds, unless its holder was stopped
+_TOUCH = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @contextmanager
@@ -39,23 +50,33 @@ def _locked(runtime: RuntimeDir) -> Iterator[None]:
     # Not re-entrant: a process must never ask for it while holding it (gunicorn_app's
     # child_exit hook, run from gunicorn's SIGCHLD handler, makes sure of that).
     # Read-only is enough for flock, and lets the workload's user lock a file PID 1 (root) created.
-    fd = os.open(runtime.ready_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = untrusted.open_regular(runtime.ready_lock)
+    except OSError:
+        fd = -1  # gone or replaced by something else: go on unlocked rather than not at all
+    try:
+        if fd >= 0:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        from .. import log
+
+                        log.warning(f"{runtime.ready_lock} is held for more than {LOCK_WAIT:g} s (a stopped "
+                                    f"process?): updating readiness without it")
+                        break
+                    time.sleep(0.001)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        if fd >= 0:
+            os.close(fd)  # closing releases the lock
 
 
 def _touch(path: str) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    os.close(os.open(path, _TOUCH, 0o644))
 
 
 def mark_ready(runtime: RuntimeDir, pid: int) -> None:
@@ -67,32 +88,58 @@ def mark_ready(runtime: RuntimeDir, pid: int) -> None:
 def mark_gone(runtime: RuntimeDir, pid: int) -> None:
     """A worker left: drop its marker, and the shared flag if it was the last."""
     with _locked(runtime):
-        _unlink(os.path.join(runtime.ready_dir, str(pid)))
+        untrusted.unlink(os.path.join(runtime.ready_dir, str(pid)))
         try:
-            left = os.listdir(runtime.ready_dir)
-        except FileNotFoundError:
+            fd = untrusted.open_directory(runtime.ready_dir)
+        except OSError:
             left = []
+        else:
+            try:
+                left = os.listdir(fd)
+            finally:
+                os.close(fd)
         if not left:
-            _unlink(runtime.ready_flag)
+            untrusted.unlink(runtime.ready_flag)
 
 
 def clear(runtime: RuntimeDir) -> None:
     """No worker can serve (the gunicorn master is gone)."""
     with _locked(runtime):
-        _unlink(runtime.ready_flag)
+        untrusted.unlink(runtime.ready_flag)
+        _empty(runtime, runtime.ready_dir)
+
+
+def _empty(runtime: RuntimeDir, directory: str) -> None:
+    """Unlink the markers in `directory`: only when it is the real directory of the
+    shared directory's owner. Anything else found under its name (a link planted
+    there) is unlinked, never followed, and a fresh directory takes its place."""
+    try:
+        shared = untrusted.open_directory(runtime.shared)
+    except OSError:
+        return
+    name = os.path.basename(directory)
+    try:
+        owner = os.fstat(shared)
+        if untrusted.empty_directory(name, shared, owner.st_uid):
+            return
         try:
-            names = os.listdir(runtime.ready_dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            _unlink(os.path.join(runtime.ready_dir, name))
+            untrusted.unlink(name, shared)
+            os.mkdir(name, 0o700, dir_fd=shared)
+            fd = untrusted.open_directory(name, shared)
+        except OSError:
+            return  # a directory of someone else's: the servers will say they cannot write there
+        try:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(shared)
 
 
 def reset(runtime: RuntimeDir) -> None:
     """A fresh start: no stale flag from an earlier run, every failure may be logged again."""
     clear(runtime)
-    for name in os.listdir(runtime.elections):
-        _unlink(os.path.join(runtime.elections, name))
+    _empty(runtime, runtime.elections)
 
 
 def is_ready(runtime: RuntimeDir) -> bool:
@@ -100,13 +147,15 @@ def is_ready(runtime: RuntimeDir) -> bool:
 
 
 def write_status(runtime: RuntimeDir, status: str, message: str) -> None:
-    """Replace the body of a failing /ping atomically (write, then rename)."""
+    """Replace the body of a failing /ping atomically (a new file, then a rename over the old
+    name). Raises OSError (a full disk: ENOSPC); nothing half-written is left then."""
     body = json.dumps({"status": status, "error": message}, ensure_ascii=False) + "\n"
-    temporary = f"{runtime.ping_status}.{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(body)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, runtime.ping_status)
+    directory, name = os.path.split(runtime.ping_status)
+    fd = untrusted.open_directory(directory)
+    try:
+        untrusted.replace_file(fd, name, body.encode("utf-8"), 0o644)
+    finally:
+        os.close(fd)
 
 
 def first_to_report(runtime: RuntimeDir, message: str) -> bool:
@@ -118,7 +167,7 @@ def first_to_report(runtime: RuntimeDir, message: str) -> bool:
     digest = hashlib.sha256(message.encode("utf-8", "replace")).hexdigest()[:16]
     try:
         os.close(os.open(os.path.join(runtime.elections, digest),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         return True
     except FileExistsError:
         return False
