@@ -17,41 +17,21 @@ worker keeps to the other workers: it passes their file descriptors into a
 datagram socket pair that all workers inherit from the master (SCM_RIGHTS), and
 whichever worker is free takes them, like the listener's backlog. Nothing is
 closed, so a request nginx is writing at that moment is not lost; it is served
-by the taker. (A model that holds the GIL without releasing it stops the
-watchdog too: see the master's part below.) A retiring worker (SMSUPER_MAX_REQUESTS, or a
+by the taker. (A model that holds the GIL for seconds without releasing it
+delays the watchdog as long.) A retiring worker (SMSUPER_MAX_REQUESTS, or a
 stop) hands its connections over the same way and exits.
-
-Connections stay the worker's alone. A process the user's code forks without
-exec (a helper, a multiprocessing pool) would otherwise keep copies of them
-(close-on-exec does nothing there): a worker dying then leaves nginx waiting
-on connections nobody serves until its timeout (504 instead of 502), and
-requests sent on the dead worker's idle connections wait too. So the forked
-child closes, first thing, every socket of the worker's: the listener, the
-kept connections, the one being served and the hand-over pair
-(os.register_at_fork; a fork made by native code runs no Python hook).
 
 The worker never closes an idle connection nginx may use: a POST that meets a
 closing connection is a 502 (nginx does not resend a POST). nginx closes idle
 connections itself, after its upstream keepalive_timeout.
-
-A worker that cannot run at all (stopped, or in a native call holding the
-GIL) cannot hand anything over: the gunicorn master takes its idle
-connections back instead (rescue.py). For that the worker gives the master a
-copy of each connection it accepts, locks a connection while it serves a
-request from it, touches its heartbeat at least every NOTIFY_EVERY when idle,
-and shuts a connection down when it closes it (the master's copy would keep it
-open for nginx otherwise).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 from datetime import datetime
@@ -60,8 +40,6 @@ from typing import Any, Dict, List, Optional
 from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
-
-from .rescue import NOTIFY_EVERY, Channel
 
 # A request running this long hands the worker's idle connections to the others.
 HAND_OVER_AFTER = 0.05
@@ -73,14 +51,13 @@ _FD_BATCH = 32  # descriptors per hand-over datagram
 class _Kept:
     """A connection between requests: its parser (it may hold bytes already read) and origin."""
 
-    __slots__ = ("parser", "listener", "addr", "idle_since", "inode")
+    __slots__ = ("parser", "listener", "addr", "idle_since")
 
-    def __init__(self, parser: Any, listener: Any, addr: Any, inode: int):
+    def __init__(self, parser: Any, listener: Any, addr: Any):
         self.parser = parser
         self.listener = listener
         self.addr = addr
         self.idle_since = time.monotonic()
-        self.inode = inode  # the connection's name in every process (rescue.py's locks)
 
     def clean(self) -> bool:
         """Whether a fresh parser in another process could continue it: nothing read ahead
@@ -127,13 +104,6 @@ class HandOver:
                 sock.close()  # the receiver holds its own descriptor now
         return []
 
-    def queued(self) -> bool:
-        """Whether connections wait in the queue (SIOCINQ: the size of the first datagram)."""
-        try:
-            return struct.unpack("i", fcntl.ioctl(self.take.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
-        except OSError:
-            return False
-
     def receive(self) -> List[socket.socket]:
         """Connections waiting to be taken, if this worker wins them."""
         taken: List[socket.socket] = []
@@ -149,30 +119,17 @@ class HandOver:
                 taken.append(sock)
 
 
-def _shut(sock: socket.socket) -> None:
-    """Close a connection for good: the master holds a copy, so close() alone would not end it."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    util.close(sock)
-
-
 class KeepAliveWorker(SyncWorker):
     hand_over: Optional[HandOver] = None
-    rescue: Optional[Channel] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # In the master, before the first fork: every worker inherits the same pairs.
+        # In the master, before the first fork: every worker inherits the same pair.
         if KeepAliveWorker.hand_over is None:
             KeepAliveWorker.hand_over = HandOver()
-        if KeepAliveWorker.rescue is None:
-            KeepAliveWorker.rescue = Channel(self.cfg.worker_tmp_dir)
 
     def run(self) -> None:
-        # Idle, the worker still touches its heartbeat often: a stale one means "not running".
-        timeout = min(self.timeout or 0.5, NOTIFY_EVERY)
+        timeout = self.timeout or 0.5
         for listener in self.sockets:
             listener.setblocking(0)
         if not isinstance(util.http_date, _DateHeader):
@@ -184,12 +141,9 @@ class KeepAliveWorker(SyncWorker):
         self.kept: Dict[socket.socket, _Kept] = {}
         self.kept_lock = threading.Lock()
         self.busy_since: Optional[float] = None
-        self.serving: Optional[socket.socket] = None  # the connection of the request being run
-        self.notified_at = 0.0
         self.next_stale_check = 0.0
         self.request_began = threading.Event()
         threading.Thread(target=self._watch, name="smsuper-hand-over", daemon=True).start()
-        os.register_at_fork(after_in_child=self._drop_connections_in_forked_child)
         hand_over = self.hand_over
         assert hand_over is not None
         while self.alive:
@@ -220,8 +174,7 @@ class KeepAliveWorker(SyncWorker):
                     with self.kept_lock:
                         for taken in hand_over.receive():
                             # A unix socket's peer has no address; gunicorn's own accept() says "" too.
-                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "",
-                                                     os.fstat(taken.fileno()).st_ino)
+                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "")
                 elif sock == self.PIPE[0]:
                     try:
                         os.read(self.PIPE[0], 4096)
@@ -238,31 +191,8 @@ class KeepAliveWorker(SyncWorker):
         self._hand_over_kept()
         with self.kept_lock:
             for sock in self.kept:
-                _shut(sock)
+                util.close(sock)
             self.kept.clear()
-
-    def _drop_connections_in_forked_child(self) -> None:
-        """In a process forked by the user's code: none of the worker's sockets may live on in it.
-        No lock is taken: the thread that held one at the fork does not exist here."""
-        hand_over, rescue = self.hand_over, self.rescue
-        sockets: List[Any] = [*self.kept, self.serving]
-        if hand_over is not None:
-            sockets += [hand_over.give, hand_over.take]
-        if rescue is not None:
-            sockets.append(rescue.give)
-        for sock in sockets:
-            if sock is not None:
-                try:
-                    os.close(sock.detach())  # detach: closed even if a file object still refers to it
-                except OSError:
-                    pass
-        self.kept = {}
-        self.serving = None
-        for listener in self.sockets:
-            try:
-                listener.close()
-            except OSError:
-                pass
 
     def _watch(self) -> None:
         """The watchdog: asleep unless a request runs; hands connections over if it runs long."""
@@ -298,9 +228,7 @@ class KeepAliveWorker(SyncWorker):
             raise
         client.setblocking(1)
         util.close_on_exec(client)
-        assert self.rescue is not None
-        inode = self.rescue.send_copy(client)
-        self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr, inode))
+        self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr))
         return True
 
     def _close_stale(self) -> None:
@@ -313,18 +241,12 @@ class KeepAliveWorker(SyncWorker):
         with self.kept_lock:
             for sock in [sock for sock, state in self.kept.items() if state.idle_since < limit]:
                 del self.kept[sock]
-                _shut(sock)
+                util.close(sock)
 
     def _serve(self, client: socket.socket, state: _Kept) -> None:
         """One request from this connection; the connection is kept if it stays open."""
         req = None
         keep = False
-        rescue = self.rescue
-        assert rescue is not None
-        if not rescue.claim(state.inode):
-            util.close(client)  # the master is taking it back (this worker did not run for a while)
-            return
-        self.serving = client
         self.busy_since = time.monotonic()
         if not self.request_began.is_set():
             self.request_began.set()
@@ -340,25 +262,18 @@ class KeepAliveWorker(SyncWorker):
             self.handle_error(req, client, state.addr, error)
         finally:
             self.busy_since = None
-            self.serving = None
         if keep:
             try:
                 while req.body.read(8192):  # what the app left unread, so the next request starts clean
                     pass
             except (OSError, http.errors.NoMoreData):
-                keep = False
-        # At once: a worker stopped while it holds the lock keeps that connection from the master.
-        rescue.release(state.inode)
-        if keep:
+                util.close(client)
+                return
             state.idle_since = time.monotonic()
             with self.kept_lock:
                 self.kept[client] = state
         else:
-            _shut(client)
-        now = time.monotonic()
-        if now - self.notified_at >= NOTIFY_EVERY:  # a pass serving many requests is not a stuck worker
-            self.notified_at = now
-            self.notify()
+            util.close(client)
 
     def _handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> bool:
         """SyncWorker.handle_request, except the connection may stay open; returns whether it does."""

@@ -23,9 +23,6 @@ The access log carries, before each line, the route label and the status
 PID 1 counts for smsuper_http_requests_total (access_log.py): what nginx
 answered, whoever made the answer.
 
-A request is sent again to another worker only when the gunicorn master took
-its connection back, unread, from a worker that does not run (rescue.py).
-
 Body size: client_max_body_size is exactly SAGEMAKER_MAX_PAYLOAD_IN_MB MiB;
 nginx refuses a body only when it is larger than that (a Content-Length equal
 to the limit passes), so 6,291,456 bytes pass and one byte more is 413. The
@@ -76,10 +73,6 @@ NGINX_ERRORS = (
     (501, 501, "Transfer-Encoding not implemented: send the body with a Content-Length or chunked"),
     (505, 505, "HTTP version not supported: use HTTP/1.0 or HTTP/1.1"),
 )
-# The gunicorn socket is listed this many times: nginx tries each entry at most once, and a
-# request the master took back from a worker that does not run (rescue.py) needs a second
-# try, a third if that one lands on another taken-back connection too.
-UPSTREAM_TRIES = 3
 
 Version = Tuple[int, ...]
 
@@ -201,7 +194,6 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     upstream_keepalive_timeout = (
         f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT}s;\n" if nginx_version >= (1, 15, 3) else ""
     )
-    upstream_servers = f"        server unix:{runtime.socket} max_fails=0;\n" * UPSTREAM_TRIES
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
     )
@@ -257,7 +249,8 @@ http {{
     large_client_header_buffers {HEADER_BUFFERS} {HEADER_BUFFER};
 
     upstream {UPSTREAM} {{
-{upstream_servers}        keepalive 64;
+        server unix:{runtime.socket} max_fails=0;
+        keepalive 64;
 {upstream_keepalive_timeout}    }}
 
     server {{
@@ -272,10 +265,8 @@ http {{
         proxy_read_timeout {config.timeout}s;
         proxy_buffer_size {PROXY_BUFFER};
         proxy_buffers {proxy_buffers} {PROXY_BUFFER};
-        # A POST that already reached a worker is never sent again. The invalid header is what
-        # the gunicorn master answers for a request no worker has read (a stuck worker's
-        # connection it took back): that one goes to another worker.
-        proxy_next_upstream invalid_header non_idempotent;
+        # A POST that already reached a worker is never sent again.
+        proxy_next_upstream off;
 
 {_error_pages("        ")}
         location = /ping {{
