@@ -343,9 +343,9 @@ def test_readiness_and_limits_are_exported_and_a_fifo_cannot_hang_the_scrape(pyz
         assert value(samples, "smsuper_model_server_worker_threads") == 3
         assert value(samples, "smsuper_model_server_timeout_seconds") == 17
         assert value(samples, "smsuper_max_payload_bytes") == 9 * 1024 * 1024
-        # The runtime directory is the workload's: a FIFO in place of ping-status.json must
+        # The runtime directory's shared/ part is the workload's: a FIFO in place of ping-status.json must
         # neither hang PID 1's loop nor become a label.
-        status = tmp_path / "run" / "ping-status.json"
+        status = tmp_path / "run" / "shared" / "ping-status.json"
         status.unlink()
         os.mkfifo(status)
         samples = parse(scrape(server.metrics_port))
