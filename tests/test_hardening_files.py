@@ -230,11 +230,10 @@ def test_a_swapped_home_does_not_make_pid1_remove_a_root_directory(nobody_serve,
     server.wait_ready()
     home = server.post([1]).json()["home"]
     assert home and os.stat(home).st_uid == NOBODY  # nobody's /nonexistent home: smsuper made it one
-    swapped = as_nobody(f"mv {home} {home}.moved && ln -s {precious} {home} && echo swapped; true")
-    # Whether or not the swap worked, PID 1 removes the home it made when the job ends.
+    # Whether or not the swap works, PID 1 removes the home it made when the job ends.
+    as_nobody(f"mv {home} {home}.moved && ln -s {precious} {home}")
     server.terminate()
     assert_untouched_directory(precious)
-    assert swapped.returncode == 0
 
 
 def test_fifos_in_the_metrics_directory_block_neither_scrapes_nor_restarts(nobody_serve, tmp_path):
@@ -293,7 +292,7 @@ def test_a_full_disk_costs_metrics_never_requests(nobody_serve, tmp_path):
     old = workers_of(server)
     for pid in old:
         os.kill(pid, signal.SIGKILL)
-    eventually(lambda: len(set(workers_of(server)) - set(old)) == 2, "two new workers")
+    eventually(lambda: len(set(workers_of(server)) - set(old)) >= 2, "two new workers")
     server.wait_ready()
     codes = [server.post([n]).status_code for n in range(40)]
     assert codes == [200] * 40, server.stderr()[-6000:]
@@ -364,3 +363,14 @@ def test_a_runtime_filesystem_full_at_start_stops_serve_with_a_reason(nobody_ser
     assert code != 0, message
     assert "Traceback" not in message, message
     assert "No space left on device" in message and "nginx.conf" in message, message
+
+
+def test_a_private_home_goes_where_the_workload_can_reach_it(pyz, base_env, tmp_path):
+    locked = locked_directory(tmp_path / "locked")
+    env = dict(base_env, SMSUPER_USER="nobody", TMPDIR=str(locked), SMSUPER_METRICS_PORT="0")
+    done = subprocess.run([PYTHON, str(pyz), "sh", "-c", 'touch "$HOME/written" && echo "$HOME"'], env=env,
+                          cwd="/", capture_output=True, text=True, timeout=WAIT_LIMIT)
+    assert done.returncode == 0, done.stderr
+    home = done.stdout.strip()
+    assert home.startswith("/tmp/smsuper-home-"), home
+    assert not os.path.exists(home)  # removed at the end
