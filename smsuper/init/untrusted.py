@@ -64,17 +64,22 @@ def read_regular(name: str, limit: int, dir_fd: Optional[int] = None) -> bytes:
     """At most `limit` bytes of a regular file."""
     fd = open_regular(name, dir_fd)
     try:
-        chunks = []
-        left = limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_up_to(fd, limit)
     finally:
         os.close(fd)
+
+
+def read_up_to(fd: int, limit: int) -> bytes:
+    """At most `limit` more bytes from `fd`, fewer at its end."""
+    chunks = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def replace_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:

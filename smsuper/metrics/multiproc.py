@@ -79,16 +79,10 @@ def read_entries(path: str, dir_fd: Optional[int] = None) -> List[Entry]:
         if len(head) < 8:
             return []
         wanted = min(max(_USED.unpack_from(head, 0)[0], 8), MAX_FILE_BYTES) - 8
-        chunks = [head]
-        while wanted > 0:
-            chunk = os.read(fd, min(wanted, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            wanted -= len(chunk)
+        data = head + untrusted.read_up_to(fd, wanted)
     finally:
         os.close(fd)
-    return _decode(b"".join(chunks))
+    return _decode(data)
 
 
 def _decode(data: bytes) -> List[Entry]:
