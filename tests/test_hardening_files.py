@@ -335,13 +335,17 @@ def test_an_unreachable_runtime_dir_fails_at_once_naming_it(pyz, base_env, tmp_p
     assert "restarting" not in server.stderr()
 
 
-def test_no_reachable_place_at_all_fails_at_once_naming_each(nobody_serve, tmp_path):
+def test_no_reachable_place_at_all_fails_at_once_naming_each(nobody_serve, tmp_path, pyz):
     locked = locked_directory(tmp_path / "locked")
     # In PID 1's own mount namespace /tmp and /dev/shm become root's 0700 directories; the test's
     # files (under /tmp) stay visible at /mnt.
     inside = Path("/mnt") / tmp_path.relative_to("/tmp")
     prelude = ("mount --bind /tmp /mnt && mount -t tmpfs -o size=1m,mode=0700 smsuper-test /tmp"
                " && mount -t tmpfs -o size=1m,mode=0700 smsuper-test /dev/shm")
+    pyz_dir = pyz.resolve().parent
+    if pyz_dir.is_relative_to(Path("/tmp")):  # a checkout under /tmp: root PID 1 still finds its pyz
+        hidden = Path("/mnt") / pyz_dir.relative_to("/tmp")
+        prelude += f" && mkdir -p {shlex.quote(str(pyz_dir))} && mount --bind {shlex.quote(str(hidden))} {shlex.quote(str(pyz_dir))}"
     server = nobody_serve(prelude=prelude, TMPDIR=str(inside / "locked"), SMSUPER_RUNTIME_DIR=None,
                           SAGEMAKER_BASE_DIR=str(inside / "ml"))
     code = server.proc.wait(timeout=WAIT_LIMIT)
