@@ -32,6 +32,7 @@ import pytest
 
 import boto3  # the test extra (pyproject.toml) installs both
 import moto.server as moto_server
+from test_train import _children_of, _wait_for_line
 
 # Safety nets against a hang, never assertions about speed.
 RUN_LIMIT = 600
@@ -437,30 +438,6 @@ def test_an_archive_member_escaping_the_code_dir_is_refused(pyz, base_env, tmp_p
     assert not (tmp_path / "escaped.py").exists() and not (base / "escaped.py").exists()
 
 
-def _children_of(pid: int):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
-
-
-def _wait_for(stream, needle: bytes, limit: float) -> bytes:
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
-    seen = b""
-    deadline = time.monotonic() + limit
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not selector.select(remaining):
-            raise AssertionError(f"never saw {needle!r}; got {seen!r}")
-        chunk = os.read(stream.fileno(), 65536)
-        if not chunk:
-            raise AssertionError(f"stream closed before {needle!r}; got {seen!r}")
-        seen += chunk
-    return seen
-
-
 def test_a_stop_during_a_download_that_hangs_ends_the_job_at_once(pyz, base_env, tmp_path):
     # An endpoint that accepts connections and never answers: boto3 would wait a minute per try.
     with socket.socket() as silent:
@@ -474,7 +451,7 @@ def test_a_stop_during_a_download_that_hangs_ends_the_job_at_once(pyz, base_env,
         proc = subprocess.Popen(train_command(pyz), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
-            _wait_for(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
+            _wait_for_line(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
             os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
             proc.communicate(timeout=WAIT_LIMIT)
         finally:
@@ -586,7 +563,7 @@ def test_serve_stops_at_once_on_sigterm_during_a_download_that_hangs(pyz, base_e
         proc = subprocess.Popen(serve_command(pyz), env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _wait_for(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
+            _wait_for_line(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
             os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
             _, err = proc.communicate(timeout=WAIT_LIMIT)
         finally:
