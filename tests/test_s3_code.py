@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
