@@ -328,6 +328,21 @@ def test_model_fn_raising_fails_ping_and_invocations_and_logs_once(tmp_path, cap
     assert not readiness.is_ready(runtime)
 
 
+def test_a_worker_still_loading_does_not_hide_another_workers_failure(tmp_path):
+    # Workers load one after the other: the second one's "loading" must not replace the
+    # failure the first one already reported, or /ping's reason flips back and forth.
+    runtime = runtime_dir.create(str(tmp_path / "run"))
+    make_service(tmp_path, "def model_fn(model_dir):\n    raise RuntimeError('weights file is corrupt')\n", runtime)
+    # The next worker's model_fn runs after its load began, and looks at what /ping says then.
+    seen = make_service(tmp_path, f"""
+    import json
+    def model_fn(model_dir):
+        with open({runtime.ping_status!r}) as status:
+            return json.load(status)
+    """, runtime).model
+    assert seen["status"] == "failed" and "weights file is corrupt" in seen["error"]
+
+
 def test_missing_model_fn_is_a_load_failure_that_says_so(tmp_path):
     service = make_service(tmp_path, "def predict_fn(data, model):\n    return data\n")
     assert service.state == "failed" and "model_fn" in service.failure

@@ -158,6 +158,20 @@ def write_status(runtime: RuntimeDir, status: str, message: str) -> None:
         os.close(fd)
 
 
+def write_progress(runtime: RuntimeDir, status: str, message: str) -> None:
+    """Like write_status, for a worker that is only on its way (loading): workers load one
+    after another, and a later one's progress must not hide the failure an earlier one
+    reported, or /ping's reason would flip between the two."""
+    with _locked(runtime):
+        try:
+            said = json.loads(untrusted.read_regular(runtime.ping_status, 1 << 16) or b"{}")
+        except (OSError, ValueError):
+            said = {}  # none yet, or not ours to believe: write ours
+        if isinstance(said, dict) and said.get("status") == "failed":
+            return
+        write_status(runtime, status, message)
+
+
 def first_to_report(runtime: RuntimeDir, message: str) -> bool:
     """True for exactly one caller per distinct message across all processes."""
     # Imported here, not at the top: PID 1 imports this module, and hashlib maps OpenSSL's

@@ -39,8 +39,9 @@ class LoadState:
 
     def _status(self, status: str, message: str) -> None:
         if self.runtime is not None:
+            write = readiness.write_progress if status == LOADING else readiness.write_status
             try:
-                readiness.write_status(self.runtime, status, message)
+                write(self.runtime, status, message)
             except OSError:
                 pass
 
