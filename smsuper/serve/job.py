@@ -33,7 +33,7 @@ from . import nginx, readiness, requirements
 from . import runtime as runtime_dir
 from .access_log import AccessLogRelay
 from .config import ServeConfig, default_workers, resolve
-from .handlers import HandlerError, code_directories, locate
+from .program import HandlerError, code_directories, locate
 
 CONFIG_ERROR = 2
 SERVE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

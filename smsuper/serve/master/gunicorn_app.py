@@ -37,19 +37,20 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
-from .. import log, settings
-from ..metrics import serving as serving_metrics
-from . import gpus, readiness
-from .config import ServeConfig, resolve
-from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
-from .runtime import RuntimeDir
+from ... import log, settings
+from ...metrics.worker import serving as serving_metrics
+from .. import readiness
+from ..config import ServeConfig, resolve
+from ..nginx import UPSTREAM_KEEPALIVE_TIMEOUT
+from ..runtime import RuntimeDir
+from . import gpus
 
 PROC_NAME = "smsuper serve"
 PR_SET_PDEATHSIG = 1
 # Workers keep idle connections longer than nginx does, so gunicorn never closes
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
-KEEPALIVE_WORKER = "smsuper.serve.keepalive_worker.KeepAliveWorker"
+KEEPALIVE_WORKER = "smsuper.serve.worker.keepalive_worker.KeepAliveWorker"
 # Behind nginx, which bounds the request line and every header line itself (nginx.HEADER_BUFFER)
 # and answers in JSON, gunicorn's own limits must be out of reach: its errors are HTML pages
 # (431 for more than 100 headers, 400 for a line over 4094 bytes). 0 is gunicorn's largest
@@ -264,14 +265,14 @@ def build_wsgi(config: ServeConfig, runtime: Optional[RuntimeDir],
     global _service
     began = time.perf_counter()
     if config.app:
-        from .user_app import UserAppService
+        from ..worker.user_app import UserAppService
 
         service = UserAppService(config, runtime, should_stop)
         service.load()
         app = service
     else:
-        from .app import create_app
-        from .service import ModelService
+        from ..worker.app import create_app
+        from ..worker.service import ModelService
 
         service = ModelService(config, runtime)
         service.load()
@@ -335,7 +336,7 @@ class ServeApplication(BaseApplication):
                 self.cfg.set(key, value)
         if not self.config.app:
             # Imported once here, so forked workers share it instead of each importing Flask.
-            from . import app  # noqa: F401
+            from ..worker import app  # noqa: F401
 
     def load(self) -> Any:
         return build_wsgi(self.config, self.runtime, _worker_stopping)

@@ -28,36 +28,12 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from ..program import HandlerError
 from . import codecs, negotiation
 from .context import Context
 from .errors import NotAcceptable, ServeError, UnsupportedContentType, status_of
-
-
-class HandlerError(Exception):
-    """The user's module cannot be found or used; the message says why and where we looked."""
-
-
-def code_directories(base_dir: str, submit_directory: str = "") -> List[str]:
-    directories = []
-    if submit_directory and "://" not in submit_directory and os.path.isdir(submit_directory):
-        directories.append(submit_directory)
-    directories += [os.path.join(base_dir, "model", "code"), os.path.join(base_dir, "code")]
-    return directories
-
-
-def locate(program: str, directories: Sequence[str]) -> str:
-    """The path of the handler module, or HandlerError naming every place looked in."""
-    names = [program] if program.endswith(".py") else [program + ".py", program]
-    for directory in directories:
-        for name in names:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                return path
-    where = ", ".join(directories)
-    raise HandlerError(f"no handler module {names[0]} in {where}: put it there, set SAGEMAKER_PROGRAM "
-                       f"to its name, or serve your own WSGI app with SMSUPER_APP=module:attr")
 
 
 def import_file(path: str) -> ModuleType:

@@ -41,9 +41,9 @@ import time
 from bisect import bisect_left
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from ..serve.routes import METHODS, OTHER
-from . import multiproc
-from .responses import HELP as REQUESTS_HELP
+from ...serve.routes import METHODS, OTHER
+from .. import multiproc
+from ..responses import HELP as REQUESTS_HELP
 
 # Bounded label values: the platform's routes, everything else is "other".
 ROUTES = {path: path for path in METHODS}
@@ -198,7 +198,7 @@ def install(directory: Optional[str], count_requests: bool = True) -> None:
     try:
         multiproc.compact(directory, keep_pids=[os.getpid()])
     except OSError as error:
-        from .. import log
+        from ... import log
 
         log.warning(f"could not fold the metrics files of earlier processes in {directory}: "
                     f"{error.strerror or error}; the next worker exit tries again")

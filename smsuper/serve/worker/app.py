@@ -16,10 +16,10 @@ from typing import Optional
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .. import log
-from ..metrics.serving import record_phases
+from ... import log
+from ...metrics.worker.serving import record_phases
+from .. import routes
 from .context import Context
-from . import routes
 from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
 from .service import ModelService

@@ -12,13 +12,15 @@ from __future__ import annotations
 import traceback
 from typing import Any, Optional
 
-from .. import log
-from . import codecs, readiness
-from .config import ServeConfig
+from ... import log
+from .. import readiness
+from ..config import ServeConfig
+from ..program import HandlerError, code_directories, locate
+from ..runtime import RuntimeDir
+from . import codecs
 from .context import Context
 from .errors import ModelLoadFailed, ModelNotReady
-from .handlers import Handlers, UserCodeError, call, code_directories, import_file, locate
-from .runtime import RuntimeDir
+from .handlers import Handlers, UserCodeError, call, import_file
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from . import gpus
+from ..master import gpus
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -30,7 +30,7 @@ class Context:
         self.content_type = content_type  # without parameters, lower-case
         self.accept = accept  # the type chosen for the response
         self.response_headers: Dict[str, str] = {}
-        # (phase, seconds) of a finished invocation, for the metrics (metrics/serving.py).
+        # (phase, seconds) of a finished invocation, for the metrics (metrics/worker/serving.py).
         self.phase_seconds: Tuple[Tuple[str, float], ...] = ()
 
     # ---- request ---------------------------------------------------------------

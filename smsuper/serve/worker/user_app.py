@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from .. import log
-from . import readiness
-from .config import ServeConfig
-from .handlers import code_directories
-from .runtime import RuntimeDir
+from ... import log
+from .. import readiness
+from ..config import ServeConfig
+from ..program import code_directories
+from ..runtime import RuntimeDir
 from .service import FAILED, LOADING, READY, LoadState
 
 PROBE_INTERVAL = 1.0
