@@ -24,7 +24,6 @@ parent-death signal, so they never outlive a master killed with SIGKILL.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -38,6 +37,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
 from ... import log, settings
+from ...init import capabilities, procfs
 from ...metrics.worker import serving as serving_metrics
 from .. import readiness
 from ..config import ServeConfig, resolve
@@ -46,7 +46,6 @@ from ..runtime import RuntimeDir
 from . import gpus
 
 PROC_NAME = "smsuper serve"
-PR_SET_PDEATHSIG = 1
 # Workers keep idle connections longer than nginx does, so gunicorn never closes
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
@@ -92,14 +91,6 @@ class Heartbeat(threading.Thread):
                 return
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:
-        pass
-
-
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -123,14 +114,7 @@ def _nginx_running(pidfile: str) -> bool:
             pid = int(handle.read().strip() or 0)
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return pid > 0 and procfs.is_running(pid)
 
 
 class DrainingArbiter(Arbiter):
@@ -194,7 +178,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         global _heartbeat, _worker
         _worker = worker
         os.setpgid(0, 0)  # out of the master's group: PID 1's SIGTERM is for the master alone
-        _die_with_parent()
+        capabilities.die_with_parent(signal.SIGTERM)
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
