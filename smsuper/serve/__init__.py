@@ -12,12 +12,20 @@ The folders say which process runs the code:
                  directory's files), readiness (/ping's marker files), program (where
                  the user's handler module is).
   serve/master/  the gunicorn master: gunicorn_app (master, hooks, draining stop), gpus.
-  serve/worker/  a gunicorn worker: app (the Flask app), service (this process's model:
-                 loading/ready/failed), handlers (style A user functions), user_app
-                 (style B WSGI app), codecs + npy (default JSON/CSV/NPY), negotiation
-                 (Content-Type/Accept), context (the handlers' `context` argument),
-                 errors (status codes), keepalive_worker (the sync worker class).
+  serve/worker/  a gunicorn worker: seam (Request and Answer: the one interface between
+                 the server and the inference code), app (the Flask app), user_app
+                 (the wrapper of a style B WSGI app), service (this process's model:
+                 loading/ready/failed, and the entries that answer the routes),
+                 handlers (style A user functions), codecs + npy (default
+                 JSON/CSV/NPY), negotiation (Content-Type/Accept), context (the
+                 handlers' `context` argument), errors (status codes),
+                 keepalive_worker (the sync worker class).
 PID 1 never imports serve/master/ or serve/worker/ (nor metrics/worker/).
+
+The routes are one table (routes.py): nginx's locations, the Flask app's rules,
+the style B wrapper's fallbacks, the metrics' route labels and the 404/405 texts
+all come from it. Adding a route is one row, naming the worker entry that
+answers it (seam.py).
 
 How /ping stays fast: it never reaches a worker. Each worker, once its model
 is loaded, creates a marker file in the runtime directory and the shared

@@ -1,17 +1,19 @@
-"""The Flask app of style A: /ping, /invocations, /execution-parameters.
+"""The Flask app of style A: one rule per row of the route table (serve/routes.py).
 
 It knows nothing of processes: it is handed a ModelService and answers from
-it. Every error is a short JSON body, {"error": "..."}; 5xx errors also log
-their traceback (4xx log one line). Behind nginx, /ping never gets here (nginx
-answers it from the readiness flag); without nginx this /ping answers from
-this worker's own state, and can queue behind predictions.
+it. Each rule's view is the server side of the seam (seam.py): it makes a
+Request, calls the service's entry the row names (`invoke` for /invocations)
+and builds the response from the Answer it gets back. Every error is a short
+JSON body, {"error": "..."}; 5xx errors also log their traceback (4xx log one
+line). Behind nginx, /ping never gets here (nginx answers it from the
+readiness flag); without nginx this /ping answers from this worker's own
+state, and can queue behind predictions.
 """
 
 from __future__ import annotations
 
-import json
 import traceback
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -19,15 +21,20 @@ from werkzeug.exceptions import HTTPException
 from ... import log
 from ...metrics.worker.serving import record_phases
 from .. import routes
-from .context import Context
 from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
+from .seam import Answer, Headers, Request
 from .service import ModelService
 
 
-def json_error(status: int, message: str, headers: Optional[dict] = None) -> Response:
-    body = json.dumps({"error": message}, ensure_ascii=False) + "\n"
-    return Response(body, status=status, content_type="application/json", headers=headers)
+def respond(answer: Answer) -> Response:
+    """The HTTP response of an Answer, and only of it."""
+    return Response(answer.body, status=answer.status, content_type=answer.content_type,
+                    headers=list(answer.headers) if answer.headers else None)
+
+
+def json_error(status: int, message: str, headers: Headers = ()) -> Response:
+    return respond(Answer.error(status, message, headers))
 
 
 def _report(status: int, message: str, error: BaseException) -> None:
@@ -56,59 +63,56 @@ def _error_response(error: BaseException) -> Response:
     return json_error(status, message)
 
 
-def create_app(service: ModelService) -> Flask:
+def _read_body() -> bytes:
+    # Flask's reader: it keeps MAX_CONTENT_LENGTH (a 413, raised as an HTTPException).
+    return request.get_data(cache=False)
+
+
+def _view(entry: Callable[[Request], Answer]) -> Callable[..., Response]:
+    """A route's view: the Request to the entry, the Answer to the client."""
+
+    def view(**params: str) -> Response:
+        environ = request.environ
+        try:
+            answer = entry(Request(environ, _read_body, params))
+        except HTTPException:
+            raise  # Flask's own (the body limit): answered by http_error below
+        except ModelNotReady as error:
+            return json_error(error.status, error.message, [("Retry-After", "1")])
+        except Exception as error:
+            return _error_response(error)
+        if answer.phases:
+            record_phases(environ, answer.phases)
+        return respond(answer)
+
+    return view
+
+
+def create_app(service: ModelService, table: Optional[Any] = None) -> Flask:
+    """`table`: the route table (routes.TABLE unless given)."""
+    table = routes.TABLE if table is None else table
     app = Flask("smsuper.serve")
     # nginx enforces the limit first; this keeps it when gunicorn faces clients itself.
     app.config["MAX_CONTENT_LENGTH"] = service.config.max_payload_bytes
-
-    @app.route("/ping", methods=routes.METHODS["/ping"], provide_automatic_options=False)
-    def ping() -> Response:
-        if service.ready:
-            return Response(b"", status=200)
-        if service.state == "failed":
-            return json_error(503, service.failure)
-        return json_error(503, "the model is still loading")
-
-    @app.route("/invocations", methods=routes.METHODS["/invocations"], provide_automatic_options=False)
-    def invocations() -> Response:
-        environ = request.environ
-        body = request.get_data(cache=False)
-        context = Context(environ=environ)
-        try:
-            answer = service.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"), context)
-        except ModelNotReady as error:
-            return json_error(error.status, error.message, {"Retry-After": "1"})
-        except Exception as error:
-            return _error_response(error)
-        record_phases(environ, context.phase_seconds)
-        if isinstance(answer, tuple):
-            payload, content_type = answer
-            response = Response(payload, status=200, content_type=content_type)
-        else:
-            response = answer
-        for name, value in context.response_headers.items():
-            response.headers[name] = value
-        return response
-
-    @app.route("/execution-parameters", methods=routes.METHODS["/execution-parameters"],
-               provide_automatic_options=False)
-    def execution_parameters() -> Response:
-        try:
-            parameters = service.execution_parameters(Context(environ=request.environ))
-        except Exception as error:
-            return _error_response(error)
-        return Response(json.dumps(parameters), status=200, content_type="application/json")
+    for route in table:
+        entry = getattr(service, route.entry, None)
+        if entry is None:
+            raise TypeError(f"route {route.path} names the entry {route.entry}, which "
+                            f"{type(service).__name__} does not have")
+        app.add_url_rule(route.path, endpoint=route.path, view_func=_view(entry), methods=route.methods,
+                         provide_automatic_options=False)
+    not_found = routes.no_such_route(table)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         # 404 for unknown routes, 405 for a wrong method (OPTIONS too: it is no route of the
         # platform's, and Flask would answer it 200 in HTML): JSON like everything else.
         if error.code == 404:
-            return json_error(404, routes.NO_SUCH_ROUTE)
-        if error.code == 405 and request.path in routes.METHODS:
-            allow = routes.allow(request.path)
-            return json_error(405, f"method {request.method} is not allowed on {request.path}: use {allow}",
-                              {"Allow": allow})
+            return json_error(404, not_found)
+        route = routes.find(request.path, table) if error.code == 405 else None
+        if route is not None:
+            allow = route.allow()
+            return json_error(405, routes.not_allowed(request.method, request.path, allow), [("Allow", allow)])
         return json_error(error.code or 500, error.description or error.name)
 
     @app.errorhandler(Exception)
