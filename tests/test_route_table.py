@@ -3,8 +3,9 @@
 A row added to it, and nothing else, is served by nginx and by the Flask app, refused with the
 same 405 (with its Allow header) and 404 by both, and counted under its own label by PID 1 (from
 nginx's access log) and by the workers (without nginx). The proof builds the pyz from a copy of
-this checkout whose table has two rows more (an exact path and one with a <name> segment, both
-answered by the existing `invoke` entry) and serves it for real.
+this checkout whose table has two rows more (an exact path, and one with a <name> segment whose
+answer nginx passes on unbuffered, both answered by the existing `invoke` entry) and serves it
+for real.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from test_serve import WAIT_LIMIT, eventually, serve  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDED_ROWS = ('    Route("/predict", ("POST",), "invoke"),\n'
-              '    Route("/models/<name>/invoke", ("POST",), "invoke"),\n')
+              '    Route("/models/<name>/invoke", ("POST",), "invoke", body=STREAMED),\n')
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +94,27 @@ def test_nginx_the_flask_app_and_pid1s_counts_take_a_row_from_the_table(tmp_path
     from smsuper.serve.worker.app import create_app
 
     from smsuper.serve import routes
-    monkeypatch.setattr(routes, "TABLE", routes.TABLE + (routes.Route("/score", ("PUT",), "invoke"),))
+    monkeypatch.setattr(routes, "TABLE", routes.TABLE + (
+        routes.Route("/score", ("PUT",), "invoke"),
+        routes.Route("/stream/<name>", ("POST",), "invoke", body=routes.STREAMED)))
     service = make_service(tmp_path, IDENTITY)
 
     config = nginx.render(service.config, runtime_dir.RuntimeDir(str(tmp_path / "run")), (1, 22, 1), 1)
-    location = config[config.index("location = /score {"):]
-    location = location[:location.index("}\n        location")]
-    assert "^(PUT)$" in location and "proxy_pass" in location
+
+    def location(opening: str) -> str:
+        block = config[config.index(opening):]
+        return block[:block.index("}\n        location")]
+
+    assert "^(PUT)$" in location("location = /score {") and "proxy_pass" in location("location = /score {")
     assert "~^/score(\\?|$) /score;" in config and '~^/score(\\?|$) "PUT";' in config
+    streamed = location("location ~ ^/stream/[^/]+$ {")
+    assert "proxy_buffering off;" in streamed and "^(POST)$" in streamed
+    assert config.count("proxy_buffering off;") == 1  # the other rows' answers stay buffered
+    assert "~^/stream/[^/?]+(\\?|$) /stream/<name>;" in config
 
     client = create_app(service).test_client()
     assert client.put("/score", json=[7]).get_json() == [7]
+    assert client.post("/stream/abc", json=[8]).get_json() == [8]
     refused = client.post("/score", json=[7])
     assert refused.status_code == 405 and refused.headers["Allow"] == "PUT"
     assert "/score" in client.get("/nowhere").get_json()["error"]
