@@ -5,9 +5,10 @@ prometheus_client's multiprocess mode into the run's directory
 (PROMETHEUS_MULTIPROC_DIR, made fresh by PID 1 at every start); PID 1 merges
 them at scrape time (multiproc.py) without importing prometheus_client.
 
-  workers: request latency, the latency of each phase of an invocation
-           (input, predict, output; `transform` for a transform_fn), requests
-           in flight, model load seconds; requests by route and status code
+  workers: request latency (until the body has been sent), the latency
+           of each phase of an invocation (input, predict, output;
+           `transform` for a transform_fn), requests in flight, model load
+           seconds; requests by route (the route table's labels, serve/routes.py) and status code
            only without nginx: with nginx in front PID 1 counts them from its
            access log (metrics/responses.py), nginx's own answers included;
   master:  worker restarts and worker timeouts, seen when it reaps a worker

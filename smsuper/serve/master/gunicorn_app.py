@@ -2,12 +2,12 @@
 
 Sync workers by default (CPU-bound models, one request per worker at a
 time) that keep nginx's connections open between requests
-(keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
+(worker/keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
 timeouts and preloading come from ServeConfig. gunicorn writes no access log
 (nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`
 and `gunicorn: worker [smsuper serve]`.
 
-Workers report readiness through the runtime directory (readiness.py): the
+Workers report readiness through the runtime directory (serve/readiness.py): the
 model is loaded while the worker boots, then post_worker_init marks it
 ready; child_exit and worker_exit remove the mark. A heartbeat thread keeps
 the master from killing a worker whose model takes longer than the request

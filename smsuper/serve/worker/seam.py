@@ -112,10 +112,6 @@ class Answer:
         """The one shape of every error: {"error": "what was wrong"} (routes.error_body, nginx's too)."""
         return cls(error_body(message), JSON, status, headers)
 
-    @property
-    def streamed(self) -> bool:
-        return not isinstance(self.body, (bytes, bytearray))
-
 
 def send(answer: Answer, start_response: Callable) -> Iterable[bytes]:
     """The Answer as a plain WSGI response (for the wrapper around a user's WSGI app)."""
