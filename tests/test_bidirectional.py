@@ -285,3 +285,13 @@ def test_a_module_without_stream_fn_refuses_the_handshake_saying_why(serve):
         open_stream(server)
     assert refused.value.response.status_code == 501
     assert b"defines no stream_fn(model, messages, context)" in refused.value.response.body
+
+
+def test_gthread_workers_refuse_a_stream_saying_why(serve):
+    server = serve(STREAMING_MODEL, SMSUPER_WORKER_THREADS="2")
+    server.wait_ready()
+    with pytest.raises(InvalidStatus) as refused:
+        open_stream(server)
+    assert refused.value.response.status_code == 501
+    assert b"SMSUPER_WORKER_THREADS > 1" in refused.value.response.body
+    assert server.post([3]).json() == [3]

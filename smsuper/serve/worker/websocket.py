@@ -139,11 +139,13 @@ class Stream:
         self.sock = sock
         self.request = request
         self.ws = WSConnection(ConnectionType.SERVER)
-        self.lock = threading.Lock()  # wsproto's state and the socket's writes, for both threads
+        self.lock = threading.Lock()  # wsproto's state, for both threads
+        # One frame on the wire at a time, in the order wsproto made them. Apart from `lock`, so
+        # the reader goes on reading while a send waits for a slow client.
+        self.send_lock = threading.Lock()
         self.messages = Messages()
         self.reader_done = threading.Event()
         self.stopping = False
-        self.closed_by_server = False
 
     # ---- the opening handshake (in the worker's main thread) -----------------------------
     def accept(self, raw_request: bytes, leftover: bytes) -> bool:
@@ -178,13 +180,14 @@ class Stream:
     # ---- sending (either thread) ---------------------------------------------------------
     def _send(self, event: Any) -> bool:
         """False once the connection can no longer carry it."""
-        with self.lock:
-            if self.ws.state is not ConnectionState.OPEN and not isinstance(event, CloseConnection):
-                return False
-            try:
-                data = self.ws.send(event)
-            except LocalProtocolError:
-                return False
+        with self.send_lock:
+            with self.lock:
+                if self.ws.state is not ConnectionState.OPEN and not isinstance(event, CloseConnection):
+                    return False
+                try:
+                    data = self.ws.send(event)
+                except LocalProtocolError:
+                    return False
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -193,14 +196,17 @@ class Stream:
 
     def close(self, code: int, reason: str = "") -> None:
         """Send our Close (unless the client's came first); the reader then waits for the reply."""
-        with self.lock:
-            if self.ws.state is not ConnectionState.OPEN:
-                return
-            self.closed_by_server = True
+        with self.send_lock:
+            with self.lock:
+                if self.ws.state is not ConnectionState.OPEN:
+                    return
+                try:
+                    data = self.ws.send(CloseConnection(code=code, reason=_reason(reason)))
+                except LocalProtocolError:
+                    return
             try:
-                data = self.ws.send(CloseConnection(code=code, reason=_reason(reason)))
                 self.sock.sendall(data)
-            except (LocalProtocolError, OSError):
+            except OSError:
                 pass
 
     # ---- the reader ----------------------------------------------------------------------
