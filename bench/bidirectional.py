@@ -203,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="smsuper-bench-ws-") as temp:
         work = Path(temp)
-        pyz = options.pyz
+        pyz = options.pyz.resolve() if options.pyz else None
         if pyz is None:
             pyz = work / "smsuper.pyz"
             subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(pyz)], check=True,
@@ -212,7 +212,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         stacks = [Smsuper(pyz, work / "smsuper"), Bare(pyz, work / "bare")]
         try:
             for stack in stacks:
-                wait_open(stack.url)
+                try:
+                    wait_open(stack.url)
+                except SystemExit:
+                    if isinstance(stack, Smsuper):
+                        sys.stderr.write((work / "smsuper" / "smsuper.log").read_text(errors="replace")[-3000:])
+                    raise
             runs: Dict[str, Dict[str, List[float]]] = {s.name: {"p50_ms": [], "p99_ms": [], "messages_per_s": []}
                                                        for s in stacks}
             for round_index in range(options.rounds):

@@ -201,7 +201,7 @@ class KeepAliveWorker(SyncWorker):
         # Retiring: the others take what this worker keeps (at a stop, nginx has closed it all).
         self._hand_over_kept()
         if self.streams is not None:
-            self.streams.stop_and_wait()
+            self.streams.stop_and_wait(self.notify)
         with self.kept_lock:
             for sock in self.kept:
                 util.close(sock)

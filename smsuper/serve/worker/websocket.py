@@ -408,11 +408,14 @@ class StreamServer:
         for stream in late:
             stream.force_close()
 
-    def stop_and_wait(self) -> None:
-        """At the worker's exit: every stream ends (or is closed) before the process goes."""
+    def stop_and_wait(self, heartbeat: Callable[[], None] = lambda: None) -> None:
+        """At the worker's exit: every stream ends (or is closed) before the process goes.
+        `heartbeat` tells the gunicorn master meanwhile that the worker is not stuck."""
         self.request_stop()
-        if self.stopper is not None:
-            self.stopper.join(self.stop_deadline + CLOSE_WAIT + 2)
+        deadline = time.monotonic() + self.stop_deadline + CLOSE_WAIT + 2
+        while self.stopper is not None and self.stopper.is_alive() and time.monotonic() < deadline:
+            self.stopper.join(1.0)
+            heartbeat()
 
 
 def _raw_request(req: Any) -> bytes:
