@@ -146,6 +146,7 @@ class Stream:
         self.messages = Messages()
         self.reader_done = threading.Event()
         self.stopping = False
+        self.leftover = b""
 
     # ---- the opening handshake (in the worker's main thread) -----------------------------
     def accept(self, raw_request: bytes, leftover: bytes) -> bool:
@@ -160,10 +161,9 @@ class Stream:
             return False
         try:
             self.sock.sendall(self.ws.send(AcceptConnection()))
-            if leftover:
-                self.ws.receive_data(leftover)
         except OSError:
             return False
+        self.leftover = leftover  # frames read with the request: the reader's first bytes
         return True
 
     def _refuse(self, status: str, message: str, extra: str = "") -> None:
@@ -216,10 +216,13 @@ class Stream:
         limit = self.server.max_message_bytes
         try:
             while True:
-                try:
-                    data = self.sock.recv(READ_SIZE)
-                except OSError:
-                    data = b""
+                if self.leftover:
+                    data, self.leftover = self.leftover, b""
+                else:
+                    try:
+                        data = self.sock.recv(READ_SIZE)
+                    except OSError:
+                        data = b""
                 with self.lock:
                     if self.ws.state is ConnectionState.CLOSED:
                         return
