@@ -295,3 +295,24 @@ def test_gthread_workers_refuse_a_stream_saying_why(serve):
     assert refused.value.response.status_code == 501
     assert b"SMSUPER_WORKER_THREADS > 1" in refused.value.response.body
     assert server.post([3]).json() == [3]
+
+
+def test_a_worker_killed_with_a_stream_open_drops_only_its_streams(streaming):
+    from test_serve import host_pid
+
+    with open_stream(streaming) as doomed:
+        doomed.send("pid")
+        worker = int(doomed.recv(timeout=WAIT_LIMIT))
+        os.kill(host_pid(worker, streaming.init_pid()), 9)
+        closed = closed_by_server(doomed)
+        assert closed.rcvd is None  # no Close frame: the connection just ended (1006 on the client's side)
+    # A new stream is served (by the other worker, or the replacement) and so are requests.
+    def served() -> bool:
+        try:
+            with open_stream(streaming) as fresh:
+                fresh.send("again")
+                return fresh.recv(timeout=WAIT_LIMIT) == "again"
+        except (InvalidStatus, ConnectionClosed):
+            return False
+    eventually(served, "a stream to be served after the kill")
+    assert streaming.post([9]).json() == [9]
