@@ -39,6 +39,10 @@ STREAMED = "streamed"  # as the worker writes it (chunked answers, server-sent e
 APP = "app"            # the app answers; smsuper does not look
 FALLBACK = "fallback"  # the app answers, unless it answers 404: then smsuper's entry does
 
+# The entry of the health check (/ping): its access-log lines are left out unless
+# SMSUPER_LOG_PING, and a style B app that is not ready answers it 503 (other routes 500).
+HEALTH = "ping"
+
 _SEGMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 # What nginx's config can hold unquoted, and its access log without a space.
 _PATH = re.compile(r"(/([A-Za-z0-9._~-]+|<[A-Za-z_][A-Za-z0-9_]*>)?)+$")
@@ -86,7 +90,7 @@ class Route:
 # The platform's routes. The methods are nginx's to check (405 with Allow), so a
 # worker only sees what it is meant to answer.
 TABLE: Tuple[Route, ...] = (
-    Route("/ping", ("GET", "HEAD"), "ping", answered_by=NGINX),
+    Route("/ping", ("GET", "HEAD"), HEALTH, answered_by=NGINX),
     Route("/invocations", ("POST",), "invoke"),
     Route("/execution-parameters", ("GET", "HEAD"), "execution_parameters", user_app=FALLBACK),
 )
