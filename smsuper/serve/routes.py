@@ -43,7 +43,8 @@ FALLBACK = "fallback"  # the app answers, unless it answers 404: then smsuper's 
 # SMSUPER_LOG_PING, and a style B app that is not ready answers it 503 (other routes 500).
 HEALTH = "ping"
 
-_SEGMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+# A <name> segment of a path.
+SEGMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 # What nginx's config can hold unquoted, and its access log without a space.
 _PATH = re.compile(r"(/([A-Za-z0-9._~-]+|<[A-Za-z_][A-Za-z0-9_]*>)?)+$")
 
@@ -70,12 +71,12 @@ class Route:
         self.label = label or path
         # None for an exact path; else the regular expression of its <name> segments.
         self.pattern: Optional[Pattern[str]] = None
-        if _SEGMENT.search(path):
+        if SEGMENT.search(path):
             self.pattern = re.compile(self.regex() + "$")
 
     def regex(self) -> str:
         """The path as a regular expression (without anchors), each <name> one segment."""
-        parts = _SEGMENT.split(self.path)
+        parts = SEGMENT.split(self.path)
         return "".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
                        for index, part in enumerate(parts))
 
