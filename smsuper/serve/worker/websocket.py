@@ -8,11 +8,16 @@ such an upgrade and the handler module has a stream_fn, it hands the connection 
 module (StreamServer.take) and goes back to its requests. /ping (nginx's) and /invocations
 never wait for a stream. Each stream has two threads of its own:
 
-  the reader    reads the socket, answers pings, puts each whole message (fragments
-                reassembled) on the handler's queue, at most QUEUED waiting: a handler
-                that stops reading stops the client through TCP's flow control
   the handler   runs stream_fn(model, messages, context) and sends each item it yields
-                as one message of its kind (str: a text frame, bytes: a binary frame)
+                as one message of its kind (str: a text frame, bytes: a binary frame).
+                When stream_fn asks for the next message and none is waiting, this
+                thread reads the socket itself (answering pings, reassembling
+                fragments): a message reaches stream_fn without a hand-over between
+                threads, which would cost more than wsproto's own work on it.
+  the watcher   looks once every WATCH_INTERVAL whether stream_fn is away (computing,
+                sending) and the socket has something: then it reads it, answers pings,
+                notices a Close or a broken connection, and keeps up to QUEUED
+                messages for stream_fn; beyond that, TCP's flow control stops the client.
 
 How a stream ends, and the close code the client gets:
 
@@ -39,6 +44,7 @@ plain frames, and the bytes a handler sees are the bytes that crossed the wire.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -57,7 +63,8 @@ from ..routes import error_body
 from .errors import CloseStream
 from .seam import Request
 
-QUEUED = 16  # whole messages waiting for the handler, per stream
+QUEUED = 16  # whole messages the watch thread keeps for a busy stream_fn, per stream
+WATCH_INTERVAL = 1.0  # seconds between the watch thread's looks while stream_fn computes
 CLOSE_WAIT = 5.0  # seconds to wait for the client's Close after ours, before the socket is closed
 READ_SIZE = 65536
 _REASON_BYTES = 123  # a Close frame's reason: 125 bytes of payload less the code
@@ -90,45 +97,17 @@ def _environ(req: Any) -> Dict[str, str]:
 
 class Messages:
     """The incoming messages of one stream, as stream_fn iterates them: those received, then
-    the end once the client closed, the connection broke, or the server is stopping."""
+    the end once the client closed, the connection broke, or the server is stopping. Asking
+    for the next one reads the socket in stream_fn's own thread when none is waiting."""
 
-    def __init__(self) -> None:
-        self.items: Deque[Any] = deque()
-        self.changed = threading.Condition()
-        self.ended = False       # no more will come (those queued are still delivered)
-        self.abandoned = False   # stream_fn is done: nobody will take them
+    def __init__(self, stream: "Stream") -> None:
+        self.stream = stream
 
     def __iter__(self) -> "Messages":
         return self
 
     def __next__(self) -> Any:
-        with self.changed:
-            while not self.items and not self.ended:
-                self.changed.wait()
-            if not self.items:
-                raise StopIteration
-            self.changed.notify_all()
-            return self.items.popleft()
-
-    def put(self, message: Any) -> None:
-        """The reader's: waits while QUEUED messages wait (a handler that stops reading stops the
-        client through TCP's flow control); dropped once the end or the handler's end came."""
-        with self.changed:
-            while len(self.items) >= QUEUED and not self.ended and not self.abandoned:
-                self.changed.wait()
-            if not self.ended and not self.abandoned:
-                self.items.append(message)
-                self.changed.notify_all()
-
-    def end(self) -> None:
-        with self.changed:
-            self.ended = True
-            self.changed.notify_all()
-
-    def abandon(self) -> None:
-        with self.changed:
-            self.abandoned = True
-            self.changed.notify_all()
+        return self.stream.next_message()
 
 
 class Stream:
@@ -141,12 +120,20 @@ class Stream:
         self.ws = WSConnection(ConnectionType.SERVER)
         self.lock = threading.Lock()  # wsproto's state, for both threads
         # One frame on the wire at a time, in the order wsproto made them. Apart from `lock`, so
-        # the reader goes on reading while a send waits for a slow client.
+        # a read goes on while a send waits for a slow client.
         self.send_lock = threading.Lock()
-        self.messages = Messages()
-        self.reader_done = threading.Event()
+        self.read_lock = threading.Lock()  # one thread reads the socket at a time
+        self.messages = Messages(self)
+        self.received: Deque[Any] = deque()  # whole messages stream_fn has not taken yet
+        self.parts: List[Any] = []  # the fragments of the message being received
+        self.size = 0
+        self.ended = False  # no more messages for stream_fn (those received are still delivered)
+        self.pulling = False  # stream_fn waits in next_message (and reads the socket itself)
         self.stopping = False
+        self.finished = threading.Event()
         self.leftover = b""
+        # Wakes a stream_fn waiting for a message when the stream ends from elsewhere (a stop).
+        self.wake_reader, self.wake_writer = socket.socketpair()
 
     # ---- the opening handshake (in the worker's main thread) -----------------------------
     def accept(self, raw_request: bytes, leftover: bytes) -> bool:
@@ -163,7 +150,7 @@ class Stream:
             self.sock.sendall(self.ws.send(AcceptConnection()))
         except OSError:
             return False
-        self.leftover = leftover  # frames read with the request: the reader's first bytes
+        self.leftover = leftover  # frames read with the request: the first bytes read
         return True
 
     def _refuse(self, status: str, message: str, extra: str = "") -> None:
@@ -174,7 +161,7 @@ class Stream:
             pass
 
     def start(self) -> None:
-        threading.Thread(target=self._read, name="smsuper-stream-reader", daemon=True).start()
+        threading.Thread(target=self._watch, name="smsuper-stream-watch", daemon=True).start()
         threading.Thread(target=self._handle, name="smsuper-stream-handler", daemon=True).start()
 
     # ---- sending (either thread) ---------------------------------------------------------
@@ -195,7 +182,7 @@ class Stream:
         return True
 
     def close(self, code: int, reason: str = "") -> None:
-        """Send our Close (unless the client's came first); the reader then waits for the reply."""
+        """Send our Close (unless the client's came first); the client's reply is read in finish()."""
         with self.send_lock:
             with self.lock:
                 if self.ws.state is not ConnectionState.OPEN:
@@ -209,66 +196,100 @@ class Stream:
             except OSError:
                 pass
 
-    # ---- the reader ----------------------------------------------------------------------
-    def _read(self) -> None:
-        parts: List[Any] = []
-        size = 0
-        limit = self.server.max_message_bytes
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            try:
+                self.wake_writer.send(b"x")
+            except OSError:
+                pass
+
+    # ---- reading (stream_fn's thread when it asks for a message, else the watch thread) ---
+    def next_message(self) -> Any:
+        while True:
+            if self.received:
+                return self.received.popleft()
+            if self.ended:
+                raise StopIteration
+            with self.read_lock:
+                self.pulling = True
+                try:
+                    if not self.received and not self.ended:
+                        ready = select.select([self.sock, self.wake_reader], [], [])[0] if not self.leftover \
+                            else [self.sock]
+                        if self.sock in ready:
+                            self._read_once()
+                finally:
+                    self.pulling = False
+
+    def _watch(self) -> None:
+        """While stream_fn computes instead of asking for messages: answer pings, notice a Close
+        or a broken connection, keep up to QUEUED messages for it (a handler that stops reading
+        them stops the client through TCP's flow control)."""
         try:
-            while True:
-                if self.leftover:
-                    data, self.leftover = self.leftover, b""
-                else:
-                    try:
-                        data = self.sock.recv(READ_SIZE)
-                    except OSError:
-                        data = b""
-                with self.lock:
-                    if self.ws.state is ConnectionState.CLOSED:
-                        return
-                    self.ws.receive_data(data or None)
-                    events = list(self.ws.events())
-                for event in events:
-                    if isinstance(event, Message):
-                        if self.messages.ended:
-                            continue  # the server is stopping, or the message was too big: no new work
-                        parts.append(event.data)
-                        # The limit is in bytes, as the client sent them (a text's UTF-8).
-                        size += len(event.data.encode("utf-8")) if isinstance(event, TextMessage) else len(event.data)
-                        if size > limit:
-                            self.close(TOO_BIG, f"a message may hold at most {limit} bytes "
-                                                f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-                            self.messages.end()
-                            parts, size = [], 0
-                            continue
-                        if event.message_finished:
-                            joined = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
-                            parts, size = [], 0
-                            self.messages.put(joined)
-                    elif isinstance(event, Ping):
-                        self._send(event.response())
-                    elif isinstance(event, CloseConnection):
-                        self.messages.end()
-                        with self.lock:
-                            state = self.ws.state
-                        if state is ConnectionState.REMOTE_CLOSING:
-                            # The client's Close: echo its code, as RFC 6455 5.5.1 asks.
-                            self._send(event.response())
-                        elif state is ConnectionState.OPEN:
-                            # wsproto found a protocol error (a bad frame, text that is not UTF-8).
-                            self.close(event.code, event.reason or "")
-                        with self.lock:
-                            if self.ws.state is ConnectionState.CLOSED:
-                                return
-                if not data:
-                    return
+            while not self.finished.wait(WATCH_INTERVAL):
+                if self.pulling or len(self.received) >= QUEUED or not self.read_lock.acquire(blocking=False):
+                    continue
+                try:
+                    # What is there now, and no more than QUEUED reads: stream_fn may want the lock.
+                    for _ in range(QUEUED):
+                        if (self.finished.is_set() or len(self.received) >= QUEUED
+                                or self.ws.state is ConnectionState.CLOSED
+                                or not select.select([self.sock], [], [], 0)[0]):
+                            break
+                        self._read_once()
+                finally:
+                    self.read_lock.release()
         except Exception as error:  # a fault of this module's: the stream ends, the worker serves on
             log.error(f"GET {self.request.path}: the stream's reader failed: {type(error).__name__}: {error}\n"
                       + "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip())
             self.close(INTERNAL_ERROR, "internal error of the server")
-        finally:
-            self.messages.end()
-            self.reader_done.set()
+            self._end()
+
+    def _read_once(self) -> None:
+        """One read of the socket, and what it brought (holding read_lock)."""
+        if self.leftover:
+            data, self.leftover = self.leftover, b""
+        else:
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except OSError:
+                data = b""
+        with self.lock:
+            if self.ws.state is ConnectionState.CLOSED:
+                self._end()
+                return
+            self.ws.receive_data(data or None)
+            events = list(self.ws.events())
+        limit = self.server.max_message_bytes
+        for event in events:
+            if isinstance(event, Message):
+                if self.ended:
+                    continue  # the server is stopping, or the message was too big: no new work
+                self.parts.append(event.data)
+                # The limit is in bytes, as the client sent them (a text's UTF-8).
+                self.size += len(event.data.encode("utf-8")) if isinstance(event, TextMessage) else len(event.data)
+                if self.size > limit:
+                    self.parts, self.size = [], 0
+                    self.close(TOO_BIG, f"a message may hold at most {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                    self._end()
+                elif event.message_finished:
+                    parts, self.parts, self.size = self.parts, [], 0
+                    self.received.append("".join(parts) if isinstance(event, TextMessage) else b"".join(parts))
+            elif isinstance(event, Ping):
+                self._send(event.response())
+            elif isinstance(event, CloseConnection):
+                self._end()
+                with self.lock:
+                    state = self.ws.state
+                if state is ConnectionState.REMOTE_CLOSING:
+                    # The client's Close: echo its code, as RFC 6455 5.5.1 asks.
+                    self._send(event.response())
+                elif state is ConnectionState.OPEN:
+                    # wsproto found a protocol error (a bad frame, text that is not UTF-8).
+                    self.close(event.code, event.reason or "")
+        if not data:
+            self._end()
 
     # ---- the handler ---------------------------------------------------------------------
     def _handle(self) -> None:
@@ -301,30 +322,34 @@ class Stream:
                     close_outgoing()  # the generator's finally blocks run now
                 except Exception:
                     pass
-            self.messages.abandon()
         self.close(code, reason)
         self.finish()
 
     def finish(self) -> None:
-        """Wait a little for the client's Close, then let the connection go."""
-        self.reader_done.wait(CLOSE_WAIT)
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        """Read until the client's Close (CLOSE_WAIT at most), then let the connection go."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        self._end()
+        with self.read_lock:
+            while self.ws.state is ConnectionState.LOCAL_CLOSING:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    break
+                self._read_once()
+        self.finished.set()
+        _drop(self.sock)
+        self.wake_reader.close()
+        self.wake_writer.close()
         self.server.forget(self)
 
     # ---- stopping (the server's stop thread) ---------------------------------------------
     def stop(self) -> None:
         """No more messages; stream_fn finishes what it has, then the stream closes with 1001."""
         self.stopping = True
-        self.messages.end()
+        self._end()
 
     def force_close(self) -> None:
         """The stop deadline passed: 1001 now, whatever stream_fn is doing."""
         self.close(GOING_AWAY, "the server is stopping")
-        self.reader_done.wait(1.0)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
