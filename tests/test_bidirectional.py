@@ -316,3 +316,16 @@ def test_a_worker_killed_with_a_stream_open_drops_only_its_streams(streaming):
             return False
     eventually(served, "a stream to be served after the kill")
     assert streaming.post([9]).json() == [9]
+
+
+def test_a_reload_closes_the_old_workers_streams_with_1001_and_new_ones_open(streaming):
+    with open_stream(streaming) as old:
+        old.send("hello")
+        assert old.recv(timeout=WAIT_LIMIT) == "hello"
+        os.kill(streaming.init_pid(), 1)  # SIGHUP: new workers, then the old ones retire
+        closed = closed_by_server(old)
+        assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1001, "the server is stopping")
+    with open_stream(streaming) as fresh:
+        fresh.send("after the reload")
+        assert fresh.recv(timeout=WAIT_LIMIT) == "after the reload"
+    assert streaming.post([4]).json() == [4]
