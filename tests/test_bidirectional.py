@@ -329,3 +329,19 @@ def test_a_reload_closes_the_old_workers_streams_with_1001_and_new_ones_open(str
         fresh.send("after the reload")
         assert fresh.recv(timeout=WAIT_LIMIT) == "after the reload"
     assert streaming.post([4]).json() == [4]
+
+
+def test_pid1_counts_each_stream_under_its_route_once_it_ended(serve):
+    from test_http_errors import wait_counted
+    from test_metrics import serving_with_metrics
+
+    server, metrics_port = serving_with_metrics(serve, code=STREAMING_MODEL)
+    for _ in range(2):
+        with open_stream(server) as ws:
+            ws.send("end")
+            closed_by_server(ws)
+    plain = requests.get(server.url(PATH), timeout=WAIT_LIMIT)
+    assert plain.status_code == 426
+    expected = {(PATH, "101"): 2, (PATH, "426"): 1}
+    counts = wait_counted(metrics_port, expected)
+    assert {key: counts[key] for key in expected} == expected
