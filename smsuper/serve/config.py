@@ -51,6 +51,9 @@ class ServeConfig:
     program: str
     submit_directory: str
     log_level: str
+    stream_timeout: float = 3600.0  # seconds a streamed answer may last in all (0: no bound)
+    sessions: bool = False  # stateful sessions (worker/sessions.py)
+    sessions_expiration: int = 1200
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -114,4 +117,7 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         program=get("SAGEMAKER_PROGRAM") or "inference.py",
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
         log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
+        stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
+        sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),
+        sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
     )
