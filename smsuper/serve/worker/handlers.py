@@ -164,15 +164,15 @@ class Handlers:
         raise ServeError("the handler module defines no predict_fn and the model has no predict() "
                          "and is not callable")
 
-    def invoke(self, model: Any, request: Request) -> Answer:
-        """Run one prediction."""
+    def invoke(self, model: Any, request: Request, session: Any = None) -> Answer:
+        """Run one prediction; `session`: the request's stateful session (sessions.py), if any."""
         body = request.body
         content_type = negotiation.media_type(request.content_type) or codecs.JSON
         accept = self._response_type(request.accept)
         # The one check of the content type (415), before any user code runs.
         decode = None if self.user_decodes else codecs.decoder(content_type)
         context = Context(environ=request.environ, model_dir=self.model_dir, content_type=content_type,
-                          accept=accept)
+                          accept=accept, session=session)
         clock = time.perf_counter
         began = clock()
         if self.transform_fn is not None:
