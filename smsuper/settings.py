@@ -276,7 +276,8 @@ _DECLARED: Iterable[Setting] = (
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
     Setting("SMSUPER_STREAM_TIMEOUT", _number(0.0), 3600.0,
             "Seconds a streamed answer may last in all (0: no bound); the gap between two chunks is "
-            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", "a number of seconds >= 0", jobs=("serve",)),
+            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", "a number of seconds >= 0", jobs=("serve",),
+            default_doc="3600"),
     Setting("SAGEMAKER_ENABLE_STATEFUL_SESSIONS", _boolean, False,
             "Stateful sessions: X-Amzn-SageMaker-Session-Id: NEW_SESSION creates one, whose store "
             "handlers read and write through context.session.", "true or false", jobs=("serve",)),
