@@ -409,3 +409,69 @@ def test_a_100_mib_request_and_a_100_mib_answer_with_content_length(serve, tmp_p
     received = sum(len(piece) for piece in response.iter_content(1 << 20))
     assert received == HUNDRED_MIB
     assert server.terminate() == 0
+
+
+SILENT = """
+import time
+
+def model_fn(model_dir):
+    return None
+
+def predict_fn(data, model):
+    def chunks():
+        yield b"first\\n"
+        time.sleep(60)   # silent for longer than SAGEMAKER_MODEL_SERVER_TIMEOUT
+        yield b"never\\n"
+    return chunks()
+"""
+
+
+def test_a_gap_between_chunks_longer_than_the_request_timeout_cuts_the_stream(serve):
+    server = serve(SILENT, SAGEMAKER_MODEL_SERVER_TIMEOUT="2")
+    server.wait_ready()
+    response = requests.post(server.url("/invocations"), json={}, stream=True, timeout=WAIT_LIMIT)
+    assert _read_until_broken(response) == b"first\n"
+    assert server.terminate() == 0
+
+
+FLASK_STREAM = """
+import os, time
+from flask import Flask, Response, stream_with_context
+
+BASE = os.environ["SAGEMAKER_BASE_DIR"]
+app = Flask(__name__)
+
+@app.route("/ping")
+def ping():
+    return ""
+
+@app.route("/invocations", methods=["POST"])
+def invocations():
+    def chunks():
+        for i in range(5):
+            if i:
+                deadline = time.time() + 120
+                while not os.path.exists(os.path.join(BASE, f"ack-{i - 1}")) and time.time() < deadline:
+                    time.sleep(0.005)
+            yield f"part {i}\\n"
+    return Response(stream_with_context(chunks()), content_type="text/plain")
+
+@app.route("/sized", methods=["POST"])
+def sized():
+    return "whole"
+"""
+
+
+def test_a_style_b_app_streams_with_stream_with_context(serve, tmp_path):
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "streamer.py").write_text(FLASK_STREAM)
+    server = serve(cwd=program, SMSUPER_APP="streamer:app")
+    server.wait_ready()
+    response = requests.post(server.url("/invocations"), data=b"x", stream=True, timeout=WAIT_LIMIT)
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    for i in range(5):
+        assert response.raw.read(7) == f"part {i}\n".encode()  # before part i+1 was made
+        (server.base / f"ack-{i}").touch()
+    assert response.raw.read() == b""
+    assert server.terminate() == 0
