@@ -15,7 +15,7 @@ and Flask, 2 sync workers each. One client (http.client, the same code for both)
              requests on one kept connection, p50 and p99
 
 Goals (the issue's): chunks/s >= 0.8x bare, TTFB <= 1.2x bare. Prints one table; writes
-bench/results/streaming.json.
+bench/results/streaming.json (not committed: bench/results/ keeps run.py's record).
 """
 
 from __future__ import annotations

@@ -149,7 +149,9 @@ class UserAppService(LoadState):
         unsized = []
 
         def start(status: str, headers: List[Tuple[str, str]], *exc_info: Any) -> Callable:
-            if not any(name.lower() == "content-length" for name, _ in headers):
+            # 204, 304 and HEAD answers have no body to stream.
+            if not any(name.lower() == "content-length" for name, _ in headers) \
+                    and status[:3] not in ("204", "304") and environ.get("REQUEST_METHOD") != "HEAD":
                 headers = [*headers, UNBUFFERED]
                 unsized.append(True)
             return start_response(status, headers, *exc_info)
