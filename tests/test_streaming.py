@@ -19,7 +19,7 @@ import requests
 import urllib3
 
 from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import WAIT_LIMIT, background, eventually, serve  # noqa: F401 (fixture)
+from test_serve import WAIT_LIMIT, background, eventually, host_pid, serve  # noqa: F401 (fixture)
 
 CHUNKS = 100
 
@@ -474,4 +474,53 @@ def test_a_style_b_app_streams_with_stream_with_context(serve, tmp_path):
         assert response.raw.read(7) == f"part {i}\n".encode()  # before part i+1 was made
         (server.base / f"ack-{i}").touch()
     assert response.raw.read() == b""
+    assert server.terminate() == 0
+
+
+FLOOD = """
+import os
+
+BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def model_fn(model_dir):
+    return None
+
+def predict_fn(data, model):
+    with open(os.path.join(BASE, "worker-pid"), "w") as handle:
+        handle.write(str(os.getpid()))
+    def flood():
+        try:
+            for _ in range(1024):   # 64 MiB: more than every buffer between here and the client
+                yield bytes(65536)
+            open(os.path.join(BASE, "all-made"), "w").close()
+        finally:
+            open(os.path.join(BASE, "finally-ran"), "w").close()
+    return flood()
+"""
+
+
+def _waits_in_send(pid: int) -> bool:
+    """Whether the process's main thread is blocked writing to a full socket."""
+    try:
+        with open(f"/proc/{pid}/wchan") as handle:
+            return handle.read().strip() in ("sock_alloc_send_pskb", "sk_stream_wait_memory", "unix_wait_for_peer")
+    except OSError:
+        return False
+
+
+def test_a_client_that_stops_reading_holds_the_generator_back(serve):
+    # nginx passes a stream on unbuffered: it does not absorb the stream into its buffers and temp
+    # files, so a client that stops reading stops the generator (at a full socket) instead of
+    # letting it run to its end.
+    server = serve(FLOOD, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    server.wait_ready()
+    response = requests.post(server.url("/invocations"), json={}, stream=True, timeout=WAIT_LIMIT)
+    assert len(response.raw.read(65536)) == 65536
+    worker = host_pid(int((server.base / "worker-pid").read_text()), server.init_pid())
+    eventually(lambda: _waits_in_send(worker), "the worker to wait for room in a full socket")
+    assert not (server.base / "all-made").exists()
+    response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+    response.close()
+    eventually(lambda: (server.base / "finally-ran").exists(), "the generator's finally to run")
+    assert not (server.base / "all-made").exists()
     assert server.terminate() == 0
