@@ -1,27 +1,24 @@
-"""The serve job's settings, resolved once, and every timeout derived from them.
+"""The serve job's settings, resolved once by PID 1, and the timeouts derived from them.
 
-All timeouts of the stack come from two numbers, so they can never disagree:
-the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT, T) and the stop grace
-period (SMSUPER_GRACE_PERIOD, G: PID 1 SIGKILLs whatever is left after G).
-
-  nginx proxy_read/send_timeout   T       a prediction slower than T gets ONE clear 504 from nginx
-  gunicorn timeout                T + 5   only then is the stuck sync worker killed (after the 504
-                                          went out), so the client never sees a 502 from the kill
-  nginx worker_shutdown_timeout   G - 5   nginx drains in-flight requests, then gives up
-  gunicorn drain deadline         G - 4   the master keeps serving until nginx has exited
-  gunicorn graceful_timeout       <= G - 2  then workers finish and exit, before PID 1's SIGKILL
+PID 1 resolves the ServeConfig (a bad value stops the job before anything starts) and hands
+it whole to the gunicorn master: serialised once into CONFIG_VARIABLE of the master's
+environment, which the master reads and removes (`received`), so its workers and the user's
+code never see it. Nothing downstream reads a serving setting from the environment again.
+The timeouts come from timeouts.py, the one table of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from dataclasses import asdict, dataclass
+from typing import Dict, Mapping, MutableMapping, Optional
 
 from .. import settings
+from . import timeouts
 
-DEFAULT_GRACE_PERIOD = 25.0  # inside the platform's 30 s between SIGTERM and SIGKILL for endpoints
-WORKER_TIMEOUT_MARGIN = 5  # seconds gunicorn waits beyond nginx's 504 before killing a stuck worker
+JOB = "serve"
+CONFIG_VARIABLE = "SMSUPER_SERVE_CONFIG"  # PID 1 -> the gunicorn master; not a setting: smsuper writes it
 
 
 def default_workers() -> int:
@@ -51,6 +48,12 @@ class ServeConfig:
     program: str
     submit_directory: str
     log_level: str
+    log_format: str
+    install_requirements: bool
+    nginx: str  # the program to look for
+    runtime_dir: str  # SMSUPER_RUNTIME_DIR: '' for a new private one
+    restart_limit: int
+    restart_window: float
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -63,21 +66,19 @@ class ServeConfig:
 
     @property
     def worker_timeout(self) -> int:
-        return self.timeout + WORKER_TIMEOUT_MARGIN
+        return timeouts.worker_timeout(self.timeout)
 
     @property
     def nginx_shutdown_timeout(self) -> float:
-        return max(1.0, self.grace_period - 5)
+        return timeouts.nginx_shutdown(self.grace_period)
 
     @property
     def drain_wait(self) -> float:
-        """How long the gunicorn master keeps serving after SIGTERM while nginx drains."""
-        return max(0.0, self.grace_period - 4)
+        return timeouts.drain_wait(self.grace_period)
 
     @property
     def stop_deadline(self) -> float:
-        """Seconds after SIGTERM by which gunicorn must be gone (PID 1 kills at G)."""
-        return max(1.0, self.grace_period - 2)
+        return timeouts.stop_deadline(self.grace_period)
 
     def execution_parameters(self) -> dict:
         return {
@@ -86,15 +87,28 @@ class ServeConfig:
             "MaxPayloadInMB": self.max_payload_mb,
         }
 
+    # ---- the one way from PID 1 to the gunicorn master ------------------------------
+    def handed_over(self, environ: Mapping[str, str]) -> Dict[str, str]:
+        """`environ` for the gunicorn master, carrying this config."""
+        return dict(environ, **{CONFIG_VARIABLE: json.dumps(asdict(self), sort_keys=True)})
 
-def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] = None) -> ServeConfig:
+
+def received(environ: MutableMapping[str, str]) -> ServeConfig:
+    """The config PID 1 handed over (ServeConfig.handed_over), taken out of `environ`."""
+    text = environ.pop(CONFIG_VARIABLE, None)
+    if text is None:
+        raise settings.SettingError(f"{CONFIG_VARIABLE} is not set: the gunicorn master is started by "
+                                    f"`smsuper serve`, which passes it the serving configuration")
+    return ServeConfig(**json.loads(text))
+
+
+def resolve(environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
     """Read every serving setting; raises settings.SettingError naming a bad variable."""
 
     def get(name: str):
-        return settings.value(name, environ)
+        return settings.value(name, environ, JOB)
 
-    count = workers or get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers()
-    grace = get("SMSUPER_GRACE_PERIOD")
+    count = get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers()
     return ServeConfig(
         port=get("SAGEMAKER_BIND_TO_PORT"),
         workers=count,
@@ -109,9 +123,15 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         app=get("SMSUPER_APP"),
         batch_strategy=get("SAGEMAKER_BATCH_STRATEGY"),
         max_concurrent_transforms=get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS") or count,
-        grace_period=DEFAULT_GRACE_PERIOD if grace is None else grace,
+        grace_period=get("SMSUPER_GRACE_PERIOD"),
         base_dir=get("SAGEMAKER_BASE_DIR"),
         program=get("SAGEMAKER_PROGRAM") or "inference.py",
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
-        log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
+        log_level=get("SMSUPER_LOG_LEVEL"),
+        log_format=get("SMSUPER_LOG_FORMAT"),
+        install_requirements=get("SMSUPER_INSTALL_REQUIREMENTS"),
+        nginx=get("SMSUPER_NGINX"),
+        runtime_dir=get("SMSUPER_RUNTIME_DIR"),
+        restart_limit=get("SMSUPER_RESTART_LIMIT"),
+        restart_window=get("SMSUPER_RESTART_WINDOW"),
     )

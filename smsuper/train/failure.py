@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence
 
-from ..init.signals import signal_name
+from ..init.supervisor import signal_name
 
 BUDGET = 1024
 TAIL_LIMIT = 64 * 1024  # bytes of stderr kept in memory for the failure file
