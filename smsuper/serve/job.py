@@ -4,11 +4,12 @@ The job's steps, in the lifecycle every job shares (init/lifecycle.py):
 1. prepare: the serving config, resolved once (config.py), then the handler module
    (a missing one fails the job at once: nothing could ever serve), the account
    that can read the model, and the private runtime directory;
-2. start: nginx.conf and the access-log FIFO;
-3. pip install of requirements.txt as a supervised child; when it succeeds
-   (from the exit callback, so a stop during the install never starts the
-   servers) gunicorn and nginx start;
-4. the supervisor restarts either one with backoff when it dies, and stops
+2. start: pip install of requirements.txt as a supervised child first, when there
+   is one; its exit hook starts the servers when it succeeded (so a stop during
+   the install never starts them); then gunicorn, handed the config whole, and
+   nginx, with its nginx.conf and the access-log FIFO;
+3. each server's own exit hook cleans up after it (readiness files, orphaned
+   nginx workers); the supervisor restarts either one with backoff when it dies, and stops
    everything with a non-zero exit and a clear reason when one keeps dying.
    SIGTERM, SIGINT or SIGQUIT: nginx gets SIGQUIT and finishes what it holds,
    the gunicorn master gets SIGTERM, keeps serving until nginx is gone and then
