@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Dict, Mapping, MutableMapping, Optional
+from typing import Any, Dict, Mapping, MutableMapping, Optional
 
 from .. import settings
 from . import timeouts
@@ -28,32 +27,62 @@ def default_workers() -> int:
     return cpu_count()
 
 
-@dataclass(frozen=True)
+# Every field of a ServeConfig, with what it holds. A plain class rather than a dataclass:
+# PID 1 then carries no dataclasses (and its inspect, ast, dis: ~1 MB of RSS).
+FIELDS = (
+    "port",
+    "workers",
+    "threads",
+    "timeout",  # seconds a request may take (T)
+    "max_payload_mb",
+    "default_accept",
+    "json_allow_nan",  # the default JSON codecs read and write NaN/Infinity (Python's dialect)
+    "preload",
+    "max_requests",
+    "log_ping",
+    "app",  # style B: module:attr of the user's WSGI app, or None
+    "batch_strategy",
+    "max_concurrent_transforms",
+    "grace_period",  # G
+    "base_dir",
+    "program",
+    "submit_directory",
+    "log_level",
+    "log_format",
+    "install_requirements",
+    "nginx",  # the program to look for
+    "runtime_dir",  # SMSUPER_RUNTIME_DIR: '' for a new private one
+    "restart_limit",
+    "restart_window",
+)
+
+
 class ServeConfig:
-    port: int
-    workers: int
-    threads: int
-    timeout: int  # seconds a request may take (T)
-    max_payload_mb: int
-    default_accept: str
-    json_allow_nan: bool  # the default JSON codecs read and write NaN/Infinity (Python's dialect)
-    preload: bool
-    max_requests: int
-    log_ping: bool
-    app: Optional[str]  # style B: module:attr of the user's WSGI app
-    batch_strategy: str
-    max_concurrent_transforms: int
-    grace_period: float  # G
-    base_dir: str
-    program: str
-    submit_directory: str
-    log_level: str
-    log_format: str
-    install_requirements: bool
-    nginx: str  # the program to look for
-    runtime_dir: str  # SMSUPER_RUNTIME_DIR: '' for a new private one
-    restart_limit: int
-    restart_window: float
+    """The serving settings, resolved once (`resolve`); it does not change afterwards."""
+
+    __slots__ = FIELDS
+
+    def __init__(self, **values: Any):
+        unknown, missing = set(values) - set(FIELDS), set(FIELDS) - set(values)
+        if unknown or missing:
+            raise TypeError(f"ServeConfig: unknown {sorted(unknown)}, missing {sorted(missing)}")
+        for name in FIELDS:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ServeConfig is resolved once: {name} cannot change")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServeConfig) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in FIELDS))
+
+    def __repr__(self) -> str:
+        return "ServeConfig(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS) + ")"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -90,7 +119,7 @@ class ServeConfig:
     # ---- the one way from PID 1 to the gunicorn master ------------------------------
     def handed_over(self, environ: Mapping[str, str]) -> Dict[str, str]:
         """`environ` for the gunicorn master, carrying this config."""
-        return dict(environ, **{CONFIG_VARIABLE: json.dumps(asdict(self), sort_keys=True)})
+        return dict(environ, **{CONFIG_VARIABLE: json.dumps(self.as_dict(), sort_keys=True)})
 
 
 def received(environ: MutableMapping[str, str]) -> ServeConfig:
