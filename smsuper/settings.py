@@ -6,7 +6,7 @@ also validates it, and whose `accepts` says in words what it takes), its
 default (and a job's own default where one differs: `job_defaults`) and a
 one-line doc. This table drives value parsing, `--help` and the README's
 settings table (`python -m smsuper.settings --markdown` prints it), so the
-three can never disagree. Code reads a setting only through `value()`.
+three can never disagree. Code reads a setting's value only through `value()`.
 
 Bad values fail at start (`validate`) with a message that names the variable
 and says what it accepts, instead of surfacing later as a confusing crash.
