@@ -5,6 +5,10 @@
 (input/config/ present) means `train`; words starting with `_` are internal (a child
 smsuper started from the same pyz, such as the gunicorn master); anything
 else, or everything after `--`, is a command run under the init like tini.
+
+JOBS is the one table of them: word -> "module:function", the function taking the rest of
+argv and returning the exit code. A job's module is imported only when its word is given,
+so PID 1 carries the code of one job alone.
 """
 
 from __future__ import annotations
@@ -45,41 +49,27 @@ def _check(args: List[str]) -> int:
     return 0
 
 
-def _train(args: List[str]) -> int:
-    from . import train
+JOBS: Dict[str, str] = {
+    "train": "smsuper.train.job:main",
+    "serve": "smsuper.serve.job:main",
+    # Internal: children smsuper starts from its own pyz (selfcmd.py). Users never type these.
+    "_gunicorn": "smsuper.serve.master.gunicorn_app:main",
+    "_s3-download": "smsuper.usercode.s3_child:main",
+}
+COMMAND = "smsuper.passthrough:main"  # any other word: the command itself, run like tini
 
-    return train.main(args)
-
-
-def _serve(args: List[str]) -> int:
-    from .serve import job
-
-    return job.main(args)
-
-
-def _internal(word: str) -> Callable[[List[str]], int]:
-    def run(args: List[str]) -> int:
-        from . import internal
-
-        return internal.main(word, args)
-
-    return run
-
-
-def _command(args: List[str]) -> int:
-    from . import passthrough
-
-    return passthrough.main(args)
-
-
-JOBS: Dict[str, Callable[[List[str]], int]] = {
+OWN_WORDS: Dict[str, Callable[[List[str]], int]] = {
     "--version": _version,
     "--help": _help,
     "-h": _help,
     "--check": _check,
-    "train": _train,
-    "serve": _serve,
 }
+
+
+def _job(target: str) -> Callable[[List[str]], int]:
+    module_name, function_name = target.split(":")
+    # __import__ with a fromlist returns the module itself, and costs PID 1 no importlib.
+    return getattr(__import__(module_name, fromlist=[function_name]), function_name)
 
 
 def _training_layout() -> str:
@@ -104,21 +94,24 @@ def main(argv: List[str]) -> int:
         config = _training_layout()
         if config:
             log.info(f"no job given and {config} exists: running train")
-            return _train([])
+            return _job(JOBS["train"])([])
         print(USAGE.rstrip(), file=sys.stderr)
         print("smsuper: no job given: say train, serve, or a command to run", file=sys.stderr)
         return 2
     word, rest = argv[0], argv[1:]
-    if word == "--":
-        job, rest = _command, rest
+    if word in OWN_WORDS:
+        job = OWN_WORDS[word]
+    elif word == "--":
+        job = _job(COMMAND)
+    elif word in JOBS:
+        job = _job(JOBS[word])
     elif word.startswith("_"):
-        job = _internal(word)
+        print(f"smsuper: unknown internal word {word!r}", file=sys.stderr)
+        return 2
     else:
-        job = JOBS.get(word)
-        if job is None:
-            job, rest = _command, argv
+        job, rest = _job(COMMAND), argv
     try:
-        return job(rest)
+        return int(job(rest) or 0)
     except settings.SettingError as error:
         log.error(str(error))
         return 2

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+
+from . import settings
+
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
 if TYPE_CHECKING:
     from typing import List
@@ -17,7 +20,7 @@ if TYPE_CHECKING:
 def self_argv(word: str, *args: str) -> List[str]:
     main = sys.modules.get("__main__")
     origin = getattr(main, "__file__", "") or ""
-    archive = os.environ.get("SMSUPER_PYZ") or _archive_of(origin)
+    archive = settings.value("SMSUPER_PYZ") or _archive_of(origin)
     if archive:
         return [sys.executable, archive, word, *args]
     return [sys.executable, "-m", "smsuper", word, *args]

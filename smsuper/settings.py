@@ -2,9 +2,11 @@
 
 Each `Setting` names its environment variable (and any older names still
 honoured, its aliases: the declared name wins), how its text is parsed (which
-also validates it), its default and a one-line doc. This table drives value
-parsing, `--help` and the README's settings table (`python -m smsuper.settings
---markdown` prints it), so the three can never disagree.
+also validates it, and whose `accepts` says in words what it takes), its
+default (and a job's own default where one differs: `job_defaults`) and a
+one-line doc. This table drives value parsing, `--help` and the README's
+settings table (`python -m smsuper.settings --markdown` prints it), so the
+three can never disagree. Code reads a setting's value only through `value()`.
 
 Bad values fail at start (`validate`) with a message that names the variable
 and says what it accepts, instead of surfacing later as a confusing crash.
@@ -19,8 +21,6 @@ TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are string
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
-    Parser = Callable[[str], Any]
-
 
 class SettingError(ValueError):
     """A setting holds a value its parser refuses; the message says what to do."""
@@ -28,16 +28,15 @@ class SettingError(ValueError):
 
 class Setting:
     # A plain class, not a dataclass: importing dataclasses costs PID 1 ~3 MB.
-    __slots__ = ("name", "parse", "default", "doc", "accepts", "jobs", "default_doc", "aliases")
+    __slots__ = ("name", "parse", "default", "doc", "jobs", "default_doc", "aliases", "job_defaults")
 
-    def __init__(self, name: str, parse: Parser, default: Any, doc: str, accepts: str,
+    def __init__(self, name: str, parse: Parser, default: Any, doc: str,
                  jobs: Tuple[str, ...] = ("all",), default_doc: Optional[str] = None,
-                 aliases: Tuple[str, ...] = ()):
+                 aliases: Tuple[str, ...] = (), job_defaults: Optional[Dict[str, Any]] = None):
         self.name = name
         self.parse = parse
         self.default = default
         self.doc = doc
-        self.accepts = accepts
         # Which jobs read it: used to validate only what the chosen job needs and
         # to group the --help output. "all" means every job.
         self.jobs = jobs
@@ -45,6 +44,15 @@ class Setting:
         self.default_doc = default_doc
         # Older names still honoured, read only when `name` itself is unset (it wins).
         self.aliases = aliases
+        # A job whose default differs from `default` ("command": a command run like tini).
+        self.job_defaults = job_defaults or {}
+
+    @property
+    def accepts(self) -> str:
+        return self.parse.accepts
+
+    def default_for(self, job: Optional[str]) -> Any:
+        return self.job_defaults.get(job, self.default) if job else self.default
 
     def shown_name(self) -> str:
         if not self.aliases:
@@ -54,21 +62,49 @@ class Setting:
     def shown_default(self) -> str:
         if self.default_doc is not None:
             return self.default_doc
-        if self.default is None:
-            return "(unset)"
-        if isinstance(self.default, bool):
-            return "true" if self.default else "false"
-        return str(self.default)
+        if not self.job_defaults:
+            return _shown(self.default)
+        groups: Dict[str, list] = {}  # each default with the jobs that have it, in JOBS' order
+        for job in JOBS:
+            groups.setdefault(_shown(self.default_for(job)), []).append(JOB_NAMES.get(job, job))
+        return ", ".join(f"{shown} for {' and '.join(jobs)}" for shown, jobs in groups.items())
+
+
+# The jobs a setting can name (see __main__.py); how the defaults column calls them.
+JOBS = ("train", "serve", "command")
+JOB_NAMES = {"command": "other commands"}
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 # ---- parsers -----------------------------------------------------------------
-# Each returns a parser and carries a human description of what it accepts.
+# A parser turns the variable's text into the value or raises ValueError; its `accepts`
+# says what it takes, in words, for errors, --help and the README (so they cannot disagree).
+
+class Parser:
+    __slots__ = ("parse", "accepts")
+
+    def __init__(self, parse: Callable[[str], Any], accepts: str):
+        self.parse = parse
+        self.accepts = accepts
+
+    def __call__(self, text: str) -> Any:
+        return self.parse(text)
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _boolean(text: str) -> bool:
+def _parse_boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in _TRUE:
         return True
@@ -77,24 +113,37 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
-def _integer(low: Optional[int] = None, high: Optional[int] = None) -> Parser:
+_boolean = Parser(_parse_boolean, "true or false (also 1/0, yes/no, on/off)")
+
+
+def _bounds(low: Optional[float], high: Optional[float]) -> str:
+    if high is None:
+        return f" >= {low:g}" if low is not None else ""
+    return f" {low:g}-{high:g}" if low is not None else f" <= {high:g}"
+
+
+def _integer(low: Optional[int] = None, high: Optional[int] = None, what: str = "an integer") -> Parser:
     def parse(text: str) -> int:
         value = int(text.strip())
         if (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(text)
         return value
 
-    return parse
+    return Parser(parse, what + _bounds(low, high))
 
 
-def _number(low: float = 0.0) -> Parser:
+def _port(low: int = 1) -> Parser:
+    return _integer(low, 65535, "a port number")
+
+
+def _number(low: float = 0.0, what: str = "a number of seconds") -> Parser:
     def parse(text: str) -> float:
         value = float(text.strip())
         if not value >= low or value != value or value == float("inf"):
             raise ValueError(text)
         return value
 
-    return parse
+    return Parser(parse, what + _bounds(low, None))
 
 
 def _choice(*options: str) -> Parser:
@@ -105,10 +154,10 @@ def _choice(*options: str) -> Parser:
                 return option
         raise ValueError(text)
 
-    return parse
+    return Parser(parse, ", ".join(options[:-1]) + " or " + options[-1])
 
 
-def _signal(text: str) -> Optional[int]:
+def _parse_signal(text: str) -> Optional[int]:
     """A signal by name (SIGINT, INT) or number; empty: unset."""
     import signal
 
@@ -127,7 +176,10 @@ def _signal(text: str) -> Optional[int]:
     return number
 
 
-def _exit_codes(text: str) -> Tuple[int, ...]:
+_signal = Parser(_parse_signal, "a signal name (SIGINT, INT) or number other than SIGKILL, SIGSTOP and SIGCHLD")
+
+
+def _parse_exit_codes(text: str) -> Tuple[int, ...]:
     codes = []
     for word in text.replace(",", " ").split():
         code = int(word)
@@ -137,17 +189,29 @@ def _exit_codes(text: str) -> Tuple[int, ...]:
     return tuple(codes)
 
 
-def _text(text: str) -> str:
+_exit_codes = Parser(_parse_exit_codes, "exit codes 0-255, comma- or space-separated")
+
+
+def _text(meaning: str) -> Parser:
+    """Any text, empty too (an empty one is not unset): `meaning` says what it names."""
+    return Parser(_as_is, meaning)
+
+
+def _as_is(text: str) -> str:
     return text
 
 
-def _nonempty(text: str) -> str:
+def _nonempty(meaning: str) -> Parser:
+    return Parser(_parse_nonempty, meaning)
+
+
+def _parse_nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError(text)
     return text.strip()
 
 
-def _port_range(text: str) -> Optional[Tuple[int, int]]:
+def _parse_port_range(text: str) -> Optional[Tuple[int, int]]:
     if not text.strip():
         return None
     match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", text)
@@ -159,22 +223,31 @@ def _port_range(text: str) -> Optional[Tuple[int, int]]:
     return (low, high)
 
 
+_port_range = Parser(_parse_port_range, "LOW-HIGH, ports 1-65535 with LOW <= HIGH")
+
 _STREAM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # The platform's other routes (serve/routes.py) and nginx's internal locations.
 _TAKEN_PATHS = ("/ping", "/invocations", "/execution-parameters")
 
 
-def _stream_path(text: str) -> str:
+def _parse_stream_path(text: str) -> str:
     path = text.strip()
     if not _STREAM_PATH.fullmatch(path) or path in _TAKEN_PATHS or path.startswith("/_smsuper"):
         raise ValueError(text)
     return path
 
 
+_stream_path = Parser(_parse_stream_path, "a path of letters, digits and ._~- segments, not /ping, "
+                                          "/invocations or /execution-parameters")
+
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(\))?)?$")
 
 
-def _module_attr(text: str) -> Optional[str]:
+def _module_attr(what: str) -> Parser:
+    return Parser(_parse_module_attr, f"module:{what}, module:{what}() or a module alone, in dotted names")
+
+
+def _parse_module_attr(text: str) -> Optional[str]:
     if not text.strip():
         return None
     if not _MODULE_ATTR.match(text.strip()):
@@ -182,7 +255,7 @@ def _module_attr(text: str) -> Optional[str]:
     return text.strip()
 
 
-def _metric_definitions(text: str) -> list:
+def _parse_metric_definitions(text: str) -> list:
     if not text.strip():
         return []
     value = json.loads(text)
@@ -195,152 +268,153 @@ def _metric_definitions(text: str) -> list:
     return value
 
 
+_metric_definitions = Parser(_parse_metric_definitions,
+                             'a JSON list such as [{"Name": "train:loss", "Regex": "loss=([0-9.]+)"}]')
+
+
 # ---- the table ---------------------------------------------------------------
+# In the README's order: what every job reads, the user's code, training, serving.
 
 _DECLARED: Iterable[Setting] = (
-    # -- every job
-    Setting("SMSUPER_LOG_LEVEL", _choice("debug", "info", "warning", "error"), None,
+    # -- every job, or the jobs a setting names
+    Setting("SMSUPER_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
             "Lowest level of smsuper's own messages (on stderr). A pass-through command's terminal shows only "
-            "the command's output unless something is wrong, as under tini.", "debug, info, warning or error",
-            default_doc="info for train and serve, warning for other commands"),
+            "the command's output unless something is wrong, as under tini.",
+            job_defaults={"command": "warning"}),
     Setting("SMSUPER_LOG_FORMAT", _choice("text", "json"), "text",
-            "`json` writes smsuper's own messages and nginx's access log as JSON lines.", "text or json"),
-    Setting("SMSUPER_GRACE_PERIOD", _number(0.0), None,
+            "`json` writes smsuper's own messages and nginx's access log as JSON lines."),
+    # Each inside the platform's (or docker's) time between SIGTERM and SIGKILL: 120 s for
+    # training, 30 s for endpoints, `docker stop`'s 10 s for anything else.
+    Setting("SMSUPER_GRACE_PERIOD", _number(0.0), 8.0,
             "Seconds between the graceful stop signal and SIGKILL of every remaining process.",
-            "a number of seconds >= 0",
-            default_doc="110 for train, 25 for serve, 8 for other commands"),
+            job_defaults={"train": 110.0, "serve": 25.0}),
     Setting("SMSUPER_STOP_SIGNAL", _signal, None,
             "Signal the command or training program gets instead of the stop signal PID 1 received (SIGTERM or "
             "SIGINT), and when smsuper stops it on its own; the grace period and SIGKILL still follow. Not for "
             "serve: nginx and gunicorn always get the signal that drains them.",
-            "a signal name (SIGINT, INT) or number other than SIGKILL, SIGSTOP and SIGCHLD",
             jobs=("command", "train"), default_doc="(unset): the received signal, SIGTERM for smsuper's own stops"),
     Setting("SMSUPER_SUCCESS_EXIT_CODES", _exit_codes, (),
             "Exit codes of the command or training program that count as success: smsuper exits 0 (and train "
             "writes no failure file). 128+N means death by signal N, so 143 covers SIGTERM as well.",
-            "exit codes 0-255, comma- or space-separated", jobs=("command", "train"), default_doc="(unset)"),
-    Setting("SMSUPER_CACHE_DIR", _text, "",
+            jobs=("command", "train"), default_doc="(unset)"),
+    Setting("SMSUPER_CACHE_DIR", _text("a directory path"), "",
             "Where the pyz unpacks its libraries (with compiled bytecode and setproctitle's extension).",
-            "a directory path",
             default_doc="/var/cache/smsuper if writable, else $XDG_CACHE_HOME/smsuper or ~/.cache/smsuper, else /tmp/smsuper-cache-UID"),
-    Setting("SMSUPER_USER", _nonempty, "nobody",
-            "Account every workload runs as when smsuper starts as root (`root` keeps uid 0, discouraged).",
-            "a user name, a uid, or uid:gid"),
+    Setting("SMSUPER_PYZ", _text("a path to smsuper.pyz"), "",
+            "The pyz smsuper starts its own helper processes from (the gunicorn master, the code download); "
+            "for a launcher that hides the archive's path.",
+            default_doc="the archive this process runs from"),
+    Setting("SMSUPER_USER", _nonempty("a user name, a uid, or uid:gid"), "nobody",
+            "Account every workload runs as when smsuper starts as root (`root` keeps uid 0, discouraged)."),
     Setting("SMSUPER_ALLOW_PRIVILEGED", _boolean, False,
-            "Start even in a privileged container (the platform never runs one).", "true or false"),
-    Setting("SMSUPER_METRICS_PORT", _integer(0, 65535), 9464,
+            "Start even in a privileged container (the platform never runs one)."),
+    Setting("SMSUPER_METRICS_PORT", _port(0), 9464,
             "Port of the Prometheus endpoint served by PID 1; 0 turns it off. Other commands open no port "
             "unless it (or SAGEMAKER_SAFE_PORT_RANGE) is set: a shell or a tool run under the init has nothing to report but process figures, "
             "and a port nobody asked for could clash with the command's own.",
-            "a port number 0-65535",
             default_doc="train and serve: 9464, or the first port of SAGEMAKER_SAFE_PORT_RANGE; other commands: off"),
-    Setting("SMSUPER_RUNTIME_DIR", _text, "",
-            "Private directory for rendered configs, sockets and pid files; SMSUPER_USER must be able to "
-            "reach it (serve stops at once otherwise).", "a directory path",
-            default_doc="a new directory under the first of TMPDIR, /tmp, /dev/shm that SMSUPER_USER can reach"),
-    # -- training
-    Setting("SAGEMAKER_BASE_DIR", _nonempty, "/opt/ml",
-            "Root of the platform's files (config, data, model, output).", "a directory path",
+    Setting("SAGEMAKER_SAFE_PORT_RANGE", _port_range, None,
+            "Ports smsuper may use besides the serving port (the metrics port comes from here)."),
+    # -- the user's code, in train and serve
+    Setting("SAGEMAKER_BASE_DIR", _nonempty("a directory path"), "/opt/ml",
+            "Root of the platform's files (config, data, model, output).",
             jobs=("train", "serve")),
-    Setting("SAGEMAKER_PROGRAM", _text, "",
-            "The user's entry point: training script, or serving handler module.", "a file name",
+    Setting("SAGEMAKER_PROGRAM", _text("a file name"), "",
+            "The user's entry point: training script, or serving handler module.",
             jobs=("train", "serve"),
             default_doc="train: the sagemaker_program hyperparameter, else `train` on PATH; serve: inference.py"),
-    Setting("SAGEMAKER_SUBMIT_DIRECTORY", _text, "",
+    Setting("SAGEMAKER_SUBMIT_DIRECTORY", _text("a path or s3:// URI"), "",
             "Local directory or .tar.gz holding the user's code, or an s3:// .tar.gz downloaded into an empty /opt/ml/code.",
-            "a path or s3:// URI",
             jobs=("train", "serve"), default_doc="the sagemaker_submit_directory hyperparameter, else /opt/ml/code"),
-    Setting("SAGEMAKER_TRAINING_MODULE", _module_attr, None,
-            "`module:function` a framework image runs instead of a script.", "module:function",
+    Setting("SMSUPER_INSTALL_REQUIREMENTS", _boolean, True,
+            "Install a requirements.txt found beside the user's code before it runs.",
+            jobs=("train", "serve")),
+    # -- training
+    Setting("SAGEMAKER_TRAINING_MODULE", _module_attr("function"), None,
+            "`module:function` a framework image runs instead of a script.",
             jobs=("train",)),
     Setting("SAGEMAKER_CONTAINER_LOG_LEVEL", _integer(0, 50), 20,
-            "Log level handed to the script as SM_LOG_LEVEL (Python logging numbers).", "an integer 0-50",
-            jobs=("train", "serve")),
-    Setting("SMSUPER_INSTALL_REQUIREMENTS", _boolean, True,
-            "Install a requirements.txt found beside the user's code before it runs.", "true or false",
-            jobs=("train", "serve")),
+            "Log level handed to the script as SM_LOG_LEVEL (Python logging numbers).",
+            jobs=("train",)),
     Setting("SMSUPER_HOST_WAIT_TIMEOUT", _number(0.0), 300.0,
-            "Seconds to wait for every training host name to resolve before failing.", "a number of seconds >= 0",
+            "Seconds to wait for every training host name to resolve before failing.",
             jobs=("train",)),
     Setting("SMSUPER_TORCH_DISTRIBUTED", _boolean, False,
             "Launch the script with torchrun across all hosts (also enabled by the sagemaker_torch_distributed_enabled hyperparameter).",
-            "true or false", jobs=("train",)),
-    Setting("SMSUPER_MASTER_PORT", _integer(1, 65535), 29500,
-            "Port of the distributed master on the first host (exported as MASTER_PORT).", "a port number",
+            jobs=("train",)),
+    Setting("SMSUPER_MASTER_PORT", _port(), 29500,
+            "Port of the distributed master on the first host (exported as MASTER_PORT).",
             jobs=("train",)),
     Setting("SMSUPER_METRIC_DEFINITIONS", _metric_definitions, [],
-            "Metrics parsed from the training log, like the platform's metric definitions.",
-            'a JSON list such as [{"Name": "train:loss", "Regex": "loss=([0-9.]+)"}]', jobs=("train",),
+            "Metrics parsed from the training log, like the platform's metric definitions.", jobs=("train",),
             default_doc="[]"),
     # -- serving
-    Setting("SAGEMAKER_BIND_TO_PORT", _integer(1, 65535), 8080,
-            "Port nginx listens on.", "a port number", jobs=("serve",)),
-    Setting("SAGEMAKER_SAFE_PORT_RANGE", _port_range, None,
-            "Ports smsuper may use besides the serving port (the metrics port comes from here).", "LOW-HIGH",
-            jobs=("serve", "train", "command")),
+    Setting("SAGEMAKER_BIND_TO_PORT", _port(), 8080,
+            "Port nginx listens on.", jobs=("serve",)),
     # The seed's serve script read MODEL_SERVER_WORKERS and MODEL_SERVER_TIMEOUT: images built
     # from it still set them.
     Setting("SAGEMAKER_MODEL_SERVER_WORKERS", _integer(1, 1024), None,
-            "Number of gunicorn workers.", "an integer >= 1", jobs=("serve",),
+            "Number of gunicorn workers.", jobs=("serve",),
             default_doc="the CPUs this container may use", aliases=("MODEL_SERVER_WORKERS",)),
     Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
-            "Seconds a request may take; nginx and gunicorn timeouts both follow it.", "an integer 1-3600",
+            "Seconds a request may take; nginx and gunicorn timeouts both follow it.",
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
     Setting("SMSUPER_STREAM_TIMEOUT", _number(0.0), 3600.0,
             "Seconds a streamed answer may last in all (0: no bound); the gap between two chunks is "
-            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", "a number of seconds >= 0", jobs=("serve",),
-            default_doc="3600"),
+            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", jobs=("serve",)),
     Setting("SAGEMAKER_ENABLE_STATEFUL_SESSIONS", _boolean, False,
             "Stateful sessions: X-Amzn-SageMaker-Session-Id: NEW_SESSION creates one, whose store "
-            "handlers read and write through context.session.", "true or false", jobs=("serve",)),
-    Setting("SAGEMAKER_SESSIONS_EXPIRATION", _integer(1, 7 * 24 * 3600), 1200,
-            "Seconds a stateful session lives after it was created.", "an integer of seconds >= 1",
-            jobs=("serve",)),
-    Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
-            "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
+            "handlers read and write through context.session.", jobs=("serve",)),
+    Setting("SAGEMAKER_SESSIONS_EXPIRATION", _integer(1, 7 * 24 * 3600, "an integer of seconds"), 1200,
+            "Seconds a stateful session lives after it was created.", jobs=("serve",)),
+    Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty("a media type"), "application/json",
+            "Response type when a request sends no Accept header (or */*).", jobs=("serve",)),
     Setting("SMSUPER_JSON_ALLOW_NAN", _boolean, False,
             "Let the default JSON codecs read and write NaN, Infinity and -Infinity as Python does (not "
             "standard JSON). Off: such input is a 400 and such predictions are written as null.",
-            "true or false", jobs=("serve",)),
+            jobs=("serve",)),
     Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 1024), 6,
             "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100, "
-            "asynchronous inference up to 1 GB).", "an integer 1-1024", jobs=("serve",)),
+            "asynchronous inference up to 1 GB).", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH", _boolean, False,
-            "Set by batch transform.", "true or false", jobs=("serve",)),
+            "Set by batch transform.", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH_STRATEGY", _choice("MULTI_RECORD", "SINGLE_RECORD"), "MULTI_RECORD",
-            "Reported by /execution-parameters.", "MULTI_RECORD or SINGLE_RECORD", jobs=("serve",)),
+            "Reported by /execution-parameters.", jobs=("serve",)),
     Setting("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", _integer(1, 1024), None,
-            "Reported by /execution-parameters.", "an integer >= 1", jobs=("serve",),
+            "Reported by /execution-parameters.", jobs=("serve",),
             default_doc="the worker count"),
-    Setting("SMSUPER_APP", _module_attr, None,
-            "Serve the user's own WSGI app (`module:attr`) instead of the handler functions.", "module:attr",
+    Setting("SMSUPER_APP", _module_attr("attr"), None,
+            "Serve the user's own WSGI app (`module:attr`) instead of the handler functions.",
             jobs=("serve",)),
     Setting("SMSUPER_WORKER_THREADS", _integer(1, 256), 1,
-            "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.", "an integer >= 1",
+            "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.",
             jobs=("serve",)),
     Setting("SMSUPER_BIDIRECTIONAL_STREAM_PATH", _stream_path, "/invocations-bidirectional-stream",
             "Path where serve accepts the platform's bidirectional streams (WebSocket connections, answered "
             "by the handler module's stream_fn), for clients that name another path.",
-            "a path of letters, digits and ._~- segments, not /ping, /invocations or /execution-parameters",
             jobs=("serve",)),
     Setting("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER", _integer(1, 1024), 32,
             "Bidirectional streams one gunicorn worker holds at once, each in threads of its own beside the "
-            "worker's requests; one more is refused with 503.", "an integer 1-1024", jobs=("serve",)),
+            "worker's requests; one more is refused with 503.", jobs=("serve",)),
     Setting("SMSUPER_PRELOAD_MODEL", _boolean, False,
             "Load the model once in the gunicorn master before forking, so workers share its memory.",
-            "true or false", jobs=("serve",)),
+            jobs=("serve",)),
     Setting("SMSUPER_MAX_REQUESTS", _integer(0), 0,
-            "Recycle a worker after this many requests (0: never).", "an integer >= 0", jobs=("serve",)),
+            "Recycle a worker after this many requests (0: never).", jobs=("serve",)),
     Setting("SMSUPER_LOG_PING", _boolean, False,
-            "Also write /ping requests to the access log.", "true or false", jobs=("serve",)),
-    Setting("SMSUPER_NGINX", _text, "nginx",
+            "Also write /ping requests to the access log.", jobs=("serve",)),
+    Setting("SMSUPER_NGINX", _text("a program name or path"), "nginx",
             "The nginx program; when it is not found gunicorn binds the port itself, with a warning.",
-            "a program name or path", jobs=("serve",)),
+            jobs=("serve",)),
+    Setting("SMSUPER_RUNTIME_DIR", _text("a directory path"), "",
+            "Private directory for rendered configs, sockets and pid files; SMSUPER_USER must be able to "
+            "reach it (serve stops at once otherwise).", jobs=("serve",),
+            default_doc="a new directory under the first of TMPDIR, /tmp, /dev/shm that SMSUPER_USER can reach"),
     Setting("SMSUPER_RESTART_LIMIT", _integer(1), 5,
             "Restarts of nginx or gunicorn allowed within SMSUPER_RESTART_WINDOW before the job gives up.",
-            "an integer >= 1", jobs=("serve",)),
+            jobs=("serve",)),
     Setting("SMSUPER_RESTART_WINDOW", _number(1.0), 60.0,
-            "Seconds over which SMSUPER_RESTART_LIMIT counts restarts.", "a number of seconds >= 1",
+            "Seconds over which SMSUPER_RESTART_LIMIT counts restarts.",
             jobs=("serve",)),
 )
 
@@ -351,11 +425,12 @@ for _setting in _DECLARED:
 
 
 def _unset(setting: Setting, raw: Optional[str]) -> bool:
-    return raw is None or (raw.strip() == "" and setting.parse is not _text)
+    return raw is None or (raw.strip() == "" and setting.parse.parse is not _as_is)
 
 
-def value(name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
-    """The parsed value of setting `name` (else of its first alias that is set), or its default."""
+def value(name: str, environ: Optional[Mapping[str, str]] = None, job: Optional[str] = None) -> Any:
+    """The parsed value of setting `name` (else of its first alias that is set), or the default
+    (of `job`, when the setting declares one for it)."""
     setting = SETTINGS[name]
     env = os.environ if environ is None else environ
     source, raw = name, env.get(name)
@@ -364,7 +439,7 @@ def value(name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
         if not _unset(setting, raw):
             break
     if _unset(setting, raw):
-        return setting.default
+        return setting.default_for(job)
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as error:
@@ -381,10 +456,6 @@ def validate(job: str, environ: Optional[Mapping[str, str]] = None) -> None:
     for setting in SETTINGS.values():
         if "all" in setting.jobs or job in setting.jobs:
             value(setting.name, environ)
-
-
-def for_job(job: str) -> Iterable[Setting]:
-    return [s for s in SETTINGS.values() if "all" in s.jobs or job in s.jobs]
 
 
 def help_text() -> str:

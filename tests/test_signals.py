@@ -441,8 +441,7 @@ def when_ready(chunk):
     if b"ready" not in chunk:
         return
     if fault == "exit-hook":
-        supervisor.on_exit = lambda child, status: broken()
-        supervisor.start(ChildSpec(role="helper", argv=["true"]))
+        supervisor.start(ChildSpec(role="helper", argv=["true"], on_exit=lambda child, status: broken()))
     elif fault == "timer":
         supervisor.call_later(0.1, broken)
     elif fault == "reader":

@@ -28,7 +28,7 @@ import signal
 import sys
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable, Mapping, Optional, Sequence, Tuple
+    from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 from . import capabilities
 
@@ -71,7 +71,7 @@ class ChildSpec:
 
     def __init__(
         self,
-        role: str,  # names the child in titles, logs and metrics: "command", "script", "nginx", "gunicorn"
+        role: str,  # names the child in logs and metrics: one of roles.py's
         argv: Sequence[str],
         env: Optional[Mapping[str, str]] = None,  # None: inherit os.environ
         cwd: Optional[str] = None,
@@ -88,7 +88,9 @@ class ChildSpec:
         stop_signal: Optional[int] = None,
         restart: bool = False,  # restarted with backoff while the job runs
         foreground: bool = False,  # take the controlling terminal when stdin is one
-        extra: Optional[dict] = None,  # free slot for the job's own bookkeeping
+        # Called (child, exit status) each time the child exits, before the supervisor
+        # decides on a restart or a stop: the job's reaction to this child alone.
+        on_exit: Optional[Callable[[Any, Any], None]] = None,
     ):
         self.role = role
         self.argv = argv
@@ -101,7 +103,7 @@ class ChildSpec:
         self.stop_signal = stop_signal
         self.restart = restart
         self.foreground = foreground
-        self.extra = {} if extra is None else extra
+        self.on_exit = on_exit
 
 
 class SpawnError(Exception):

@@ -17,10 +17,12 @@ The exit code is the primary child's (128+N for a signal; 0 when the job
 counts that code as success), or what the job said when it gave up, or 0
 when every child stopped cleanly.
 
-The loop never bails: a callback that raises (an output hook, a timer, the
-job's exit hook) is logged once with its traceback and turns into the same
+The loop never bails: a callback that raises (a watched fd's, a timer, a
+child's exit hook) is logged once with its traceback and turns into the same
 graceful stop, exit code 1 unless one is known; a callback registered as a
-chore (the metrics endpoint) only costs a warning.
+chore (the metrics endpoint) only costs a warning. Output hooks cannot raise
+into the loop at all (relay.py swallows their errors: the output goes on), and
+the loop's own turn is guarded too, so nothing PID 1 runs from here ends it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are string
 if TYPE_CHECKING:
     from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
-from .. import log, redact
+from .. import log
 from . import procfs
 from .relay import LineRelay, enlarge_pipe
 from .spawn import ALL_SIGNALS, ChildSpec, spawn
@@ -53,9 +55,10 @@ INTERNAL_ERROR_CODE = 1
 
 
 def signal_name(signum: int) -> str:
+    """A signal as people read it, for PID 1's log lines and the training failure reason."""
     try:
         return signal.Signals(signum).name
-    except ValueError:
+    except ValueError:  # a real-time signal, or a number no name covers
         return f"signal {signum}"
 
 
@@ -141,8 +144,6 @@ class Supervisor:
         # The primary child's exit codes that count as success (tini's -e: a JVM's 143).
         self.success_codes = frozenset(success_codes)
         self.children: List[Child] = []
-        self.on_exit: Optional[Callable[[Child, ExitStatus], None]] = None
-        self.on_stop: Optional[Callable[[], None]] = None  # called once when stopping begins
         self.stopping = False
         self.exit_code: Optional[int] = None
         self._by_pid: Dict[int, Child] = {}
@@ -191,9 +192,6 @@ class Supervisor:
         self._selector.register(fd, selectors.EVENT_WRITE, callback)
         if chore:
             self._chores.add(fd)
-
-    def remove_writer(self, fd: int) -> None:
-        self.remove_reader(fd)
 
     def shutdown(self, reason: str, exit_code: Optional[int] = None) -> None:
         """Stop every child gracefully; `exit_code` overrides the primary's code."""
@@ -281,8 +279,6 @@ class Supervisor:
             quiet = received is None and not self._live_children()
             (log.debug if quiet else log.info)(f"stopping ({reason}); grace period {self.grace_period:g} s")
             self._kill_timer = self.call_later(self.grace_period, self._kill_everything)
-            if self.on_stop is not None:
-                self._guarded(self.on_stop, "the job's stop hook")
         for child in self._live_children():
             self._signal_group(child, self._stop_signal_for(child, received))
         if not self._live_children():
@@ -364,6 +360,8 @@ class Supervisor:
         child.status = None
         self._by_pid[child.pid] = child
         if log.enabled("debug"):
+            from .. import redact  # its patterns cost PID 1 memory: only when debug lines are written
+
             log.debug(f"started {spec.role} (pid {child.pid}): {' '.join(redact.argv(spec.argv))}")
 
     def _pump(self, relay: LineRelay) -> Callable[[], None]:
@@ -403,8 +401,9 @@ class Supervisor:
         expected = status.code == 0 or (child.primary and status.code in self.success_codes)
         level = log.info if expected or self.stopping else log.warning
         level(f"{child.spec.role} exited: {status.describe()}")
-        if self.on_exit is not None:
-            self._guarded(lambda: self.on_exit(child, status), f"the job's exit hook for {child.spec.role}")
+        hook = child.spec.on_exit
+        if hook is not None:
+            self._guarded(lambda: hook(child, status), f"the exit hook of {child.spec.role}")
         if child.primary:
             if self.exit_code is None:
                 self.exit_code = status.code

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 
+from .. import roles
 from .exposition import Family, gauge
 
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from typing import Dict, List, Optional, Pattern, Sequence, Tuple
 
 PHASES = ("starting", "installing", "training", "stopping", "completed", "failed")
-SCRIPT_ROLE = "script"
-INSTALL_ROLE = "pip"
+SCRIPT_ROLE = roles.SCRIPT
+INSTALL_ROLE = roles.PIP
 
 
 def _value(match) -> Optional[float]:

@@ -7,8 +7,9 @@
 The folders say which process runs the code:
   serve/         PID 1: job (the serving job), nginx (its config), access_log (FIFO
                  relay and the counts of what nginx answered), requirements (pip);
-                 and what all three processes read: config (settings and every derived
-                 timeout), routes (the platform's routes), runtime (the private
+                 and what all three processes read: config (the settings, resolved once
+                 by PID 1 and handed whole to the master), timeouts (every timeout of the
+                 stack, one table), routes (the platform's routes), runtime (the private
                  directory's files), readiness (/ping's marker files), program (where
                  the user's handler module is).
   serve/master/  the gunicorn master: gunicorn_app (master, hooks, draining stop), gpus.

@@ -1,28 +1,23 @@
-"""The serve job's settings, resolved once, and every timeout derived from them.
+"""The serve job's settings, resolved once by PID 1, and the timeouts derived from them.
 
-All timeouts of the stack come from two numbers, so they can never disagree:
-the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT, T) and the stop grace
-period (SMSUPER_GRACE_PERIOD, G: PID 1 SIGKILLs whatever is left after G).
-
-  nginx proxy_read/send_timeout   T       a prediction slower than T gets ONE clear 504 from nginx
-  gunicorn timeout                T + 5   only then is the stuck sync worker killed (after the 504
-                                          went out), so the client never sees a 502 from the kill
-  nginx worker_shutdown_timeout   G - 5   nginx drains in-flight requests, then gives up
-  bidirectional streams           G - 7   after the stop they finish, then close with 1001 (worker/websocket.py)
-  gunicorn drain deadline         G - 4   the master keeps serving until nginx has exited
-  gunicorn graceful_timeout       <= G - 2  then workers finish and exit, before PID 1's SIGKILL
+PID 1 resolves the ServeConfig (a bad value stops the job before anything starts) and hands
+it whole to the gunicorn master: serialised once into CONFIG_VARIABLE of the master's
+environment, which the master reads and removes (`received`), so its workers and the user's
+code never see it. Nothing downstream reads a serving setting from the environment again.
+The timeouts come from timeouts.py, the one table of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, MutableMapping, Optional
 
 from .. import settings
+from . import timeouts
 
-DEFAULT_GRACE_PERIOD = 25.0  # inside the platform's 30 s between SIGTERM and SIGKILL for endpoints
-WORKER_TIMEOUT_MARGIN = 5  # seconds gunicorn waits beyond nginx's 504 before killing a stuck worker
+JOB = "serve"
+CONFIG_VARIABLE = "SMSUPER_SERVE_CONFIG"  # PID 1 -> the gunicorn master; not a setting: smsuper writes it
 
 
 def default_workers() -> int:
@@ -32,30 +27,66 @@ def default_workers() -> int:
     return cpu_count()
 
 
-@dataclass(frozen=True)
+# Every field of a ServeConfig, with what it holds. A plain class rather than a dataclass:
+# PID 1 then carries no dataclasses (and its inspect, ast, dis: ~1 MB of RSS).
+FIELDS = (
+    "port",
+    "workers",
+    "threads",
+    "timeout",  # seconds a request may take (T)
+    "max_payload_mb",
+    "default_accept",
+    "json_allow_nan",  # the default JSON codecs read and write NaN/Infinity (Python's dialect)
+    "preload",
+    "max_requests",
+    "log_ping",
+    "app",  # style B: module:attr of the user's WSGI app, or None
+    "batch_strategy",
+    "max_concurrent_transforms",
+    "grace_period",  # G
+    "base_dir",
+    "program",
+    "submit_directory",
+    "log_level",
+    "log_format",
+    "install_requirements",
+    "nginx",  # the program to look for
+    "runtime_dir",  # SMSUPER_RUNTIME_DIR: '' for a new private one
+    "restart_limit",
+    "restart_window",
+    "streams_per_worker",  # bidirectional streams one worker holds at once
+    "stream_timeout",  # seconds a streamed answer may last in all (0: no bound)
+    "sessions",  # stateful sessions (worker/sessions.py)
+    "sessions_expiration",
+)
+
+
 class ServeConfig:
-    port: int
-    workers: int
-    threads: int
-    timeout: int  # seconds a request may take (T)
-    max_payload_mb: int
-    default_accept: str
-    json_allow_nan: bool  # the default JSON codecs read and write NaN/Infinity (Python's dialect)
-    preload: bool
-    max_requests: int
-    log_ping: bool
-    app: Optional[str]  # style B: module:attr of the user's WSGI app
-    batch_strategy: str
-    max_concurrent_transforms: int
-    grace_period: float  # G
-    base_dir: str
-    program: str
-    submit_directory: str
-    log_level: str
-    streams_per_worker: int = 32  # SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER
-    stream_timeout: float = 3600.0  # seconds a streamed answer may last in all (0: no bound)
-    sessions: bool = False  # stateful sessions (worker/sessions.py)
-    sessions_expiration: int = 1200
+    """The serving settings, resolved once (`resolve`); it does not change afterwards."""
+
+    __slots__ = FIELDS
+
+    def __init__(self, **values: Any):
+        unknown, missing = set(values) - set(FIELDS), set(FIELDS) - set(values)
+        if unknown or missing:
+            raise TypeError(f"ServeConfig: unknown {sorted(unknown)}, missing {sorted(missing)}")
+        for name in FIELDS:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ServeConfig is resolved once: {name} cannot change")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServeConfig) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in FIELDS))
+
+    def __repr__(self) -> str:
+        return "ServeConfig(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS) + ")"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -68,27 +99,23 @@ class ServeConfig:
 
     @property
     def worker_timeout(self) -> int:
-        return self.timeout + WORKER_TIMEOUT_MARGIN
+        return timeouts.worker_timeout(self.timeout)
 
     @property
     def nginx_shutdown_timeout(self) -> float:
-        return max(1.0, self.grace_period - 5)
+        return timeouts.nginx_shutdown(self.grace_period)
 
     @property
     def stream_stop_deadline(self) -> float:
-        """Seconds a bidirectional stream may still run after the stop: closed with 1001 by then,
-        before nginx (which holds it) gives up at nginx_shutdown_timeout."""
-        return max(0.5, self.nginx_shutdown_timeout - 2)
+        return timeouts.stream_stop(self.grace_period)
 
     @property
     def drain_wait(self) -> float:
-        """How long the gunicorn master keeps serving after SIGTERM while nginx drains."""
-        return max(0.0, self.grace_period - 4)
+        return timeouts.drain_wait(self.grace_period)
 
     @property
     def stop_deadline(self) -> float:
-        """Seconds after SIGTERM by which gunicorn must be gone (PID 1 kills at G)."""
-        return max(1.0, self.grace_period - 2)
+        return timeouts.stop_deadline(self.grace_period)
 
     def execution_parameters(self) -> dict:
         return {
@@ -97,15 +124,28 @@ class ServeConfig:
             "MaxPayloadInMB": self.max_payload_mb,
         }
 
+    # ---- the one way from PID 1 to the gunicorn master ------------------------------
+    def handed_over(self, environ: Mapping[str, str]) -> Dict[str, str]:
+        """`environ` for the gunicorn master, carrying this config."""
+        return dict(environ, **{CONFIG_VARIABLE: json.dumps(self.as_dict(), sort_keys=True)})
 
-def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] = None) -> ServeConfig:
+
+def received(environ: MutableMapping[str, str]) -> ServeConfig:
+    """The config PID 1 handed over (ServeConfig.handed_over), taken out of `environ`."""
+    text = environ.pop(CONFIG_VARIABLE, None)
+    if text is None:
+        raise settings.SettingError(f"{CONFIG_VARIABLE} is not set: the gunicorn master is started by "
+                                    f"`smsuper serve`, which passes it the serving configuration")
+    return ServeConfig(**json.loads(text))
+
+
+def resolve(environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
     """Read every serving setting; raises settings.SettingError naming a bad variable."""
 
     def get(name: str):
-        return settings.value(name, environ)
+        return settings.value(name, environ, JOB)
 
-    count = workers or get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers()
-    grace = get("SMSUPER_GRACE_PERIOD")
+    count = get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers()
     return ServeConfig(
         port=get("SAGEMAKER_BIND_TO_PORT"),
         workers=count,
@@ -120,11 +160,17 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         app=get("SMSUPER_APP"),
         batch_strategy=get("SAGEMAKER_BATCH_STRATEGY"),
         max_concurrent_transforms=get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS") or count,
-        grace_period=DEFAULT_GRACE_PERIOD if grace is None else grace,
+        grace_period=get("SMSUPER_GRACE_PERIOD"),
         base_dir=get("SAGEMAKER_BASE_DIR"),
         program=get("SAGEMAKER_PROGRAM") or "inference.py",
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
-        log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
+        log_level=get("SMSUPER_LOG_LEVEL"),
+        log_format=get("SMSUPER_LOG_FORMAT"),
+        install_requirements=get("SMSUPER_INSTALL_REQUIREMENTS"),
+        nginx=get("SMSUPER_NGINX"),
+        runtime_dir=get("SMSUPER_RUNTIME_DIR"),
+        restart_limit=get("SMSUPER_RESTART_LIMIT"),
+        restart_window=get("SMSUPER_RESTART_WINDOW"),
         streams_per_worker=get("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER"),
         stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
         sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),

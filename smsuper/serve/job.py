@@ -1,12 +1,15 @@
 """`smsuper serve`: nginx in front of gunicorn, both supervised by PID 1.
 
-1. settings, then the handler module (a missing one fails the job at once:
-   nothing could ever serve);
-2. the private runtime directory, nginx.conf and the access-log FIFO;
-3. pip install of requirements.txt as a supervised child; when it succeeds
-   (from the exit callback, so a stop during the install never starts the
-   servers) gunicorn and nginx start;
-4. the supervisor restarts either one with backoff when it dies, and stops
+The job's steps, in the lifecycle every job shares (init/lifecycle.py):
+1. prepare: the serving config, resolved once (config.py), then the handler module
+   (a missing one fails the job at once: nothing could ever serve), the account
+   that can read the model, and the private runtime directory;
+2. start: pip install of requirements.txt as a supervised child first, when there
+   is one; its exit hook starts the servers when it succeeded (so a stop during
+   the install never starts them); then gunicorn, handed the config whole, and
+   nginx, with its nginx.conf and the access-log FIFO;
+3. each server's own exit hook cleans up after it (readiness files, orphaned
+   nginx workers); the supervisor restarts either one with backoff when it dies, and stops
    everything with a non-zero exit and a clear reason when one keeps dying.
    SIGTERM, SIGINT or SIGQUIT: nginx gets SIGQUIT and finishes what it holds,
    the gunicorn master gets SIGTERM, keeps serving until nginx is gone and then
@@ -21,21 +24,19 @@ import grp
 import os
 import pwd
 import signal
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .. import log, selfcmd, settings
-from ..init import capabilities, inputs, privileges, untrusted
+from .. import log, roles, selfcmd
+from ..init import capabilities, inputs, lifecycle, privileges, untrusted
+from ..init.lifecycle import JobFailure
 from ..init.spawn import ChildSpec, Credentials, SpawnError
-from ..init.supervisor import Supervisor
 from ..metrics import port as metrics_port
-from ..titles import set_title
 from . import nginx, readiness, requirements
 from . import runtime as runtime_dir
 from .access_log import AccessLogRelay
-from .config import ServeConfig, default_workers, resolve
+from .config import JOB, ServeConfig, default_workers, resolve
 from .program import HandlerError, code_directories, locate
 
-CONFIG_ERROR = 2
 SERVE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # nginx only shuffles bytes: one process per two CPUs (at most 4) outruns any Python model, and
 # leaves the CPUs to the workers.
@@ -82,34 +83,85 @@ def _adopted_group(group: int) -> bool:
     return members > 0
 
 
-class ServeJob:
-    def __init__(self, config: ServeConfig, code_dir: Optional[str], account: privileges.Workload,
-                 metrics_port: Optional[int] = None, runtime_root: str = ""):
-        self.config = config
-        self.metrics_port = metrics_port
+class ServeJob(lifecycle.Job):
+    name = JOB
+    workload = "the model server"
+    # SIGQUIT too is a stop here (a forwarded one would make gunicorn drop what it holds);
+    # each server then gets the signal that drains it (the specs' stop_signal).
+    stop_signals = SERVE_STOP_SIGNALS
+    rewrites_stop = False  # nginx and gunicorn always get the signal that drains them
+
+    def __init__(self, args: List[str]):
+        self.args = args
+        self.config: ServeConfig
+        self.code_dir: Optional[str] = None
+        self.account: Optional[privileges.Workload] = None
+        self.runtime: Optional[runtime_dir.RuntimeDir] = None
+        self.metrics_port: Optional[int] = None
         self.metrics_dir: Optional[str] = None  # set once the metrics endpoint listens
         self.stub_status = False
-        self.code_dir = code_dir
-        # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
-        self.credentials = account.credentials
-        self.owner = account.owner
-        self.runtime = runtime_dir.create(runtime_root or runtime_dir.choose("", account), self.owner)
-        self.account = account.with_home(self.runtime.root)
-        self.own_runtime = not settings.value("SMSUPER_RUNTIME_DIR")
-        # The servers chdir (gunicorn) or start (nginx) here: a place their user can be.
-        self.cwd = runtime_dir.reachable_cwd(account, code_dir, self.runtime)
-        if self.cwd is not None:
-            log.info(f"the servers start in {self.cwd}: smsuper's working directory cannot be reached by "
-                     f"{account.describe()}")
-        self.nginx_binary = nginx.find(settings.value("SMSUPER_NGINX"))
-        # SIGQUIT too is a stop here (a forwarded one would make gunicorn drop what it holds);
-        # each server then gets the signal that drains it (the specs' stop_signal).
-        self.supervisor = Supervisor(config.grace_period, settings.value("SMSUPER_RESTART_LIMIT"),
-                                     settings.value("SMSUPER_RESTART_WINDOW"), stop_signals=SERVE_STOP_SIGNALS)
-        self.supervisor.on_exit = self._on_exit
         self.access_log: Optional[AccessLogRelay] = None
         self.responses = None  # metrics.responses.ResponseCounts, fed by the access log, when metrics are on
         self.start_failure: Optional[SpawnError] = None
+
+    # ---- the lifecycle's steps ----------------------------------------------------
+    def begin(self) -> None:
+        if self.args:
+            raise JobFailure(f"serve takes no arguments (got {' '.join(self.args)}): configure it with "
+                             f"environment variables")
+
+    def prepare(self, account: privileges.Workload) -> None:
+        config = self.config = resolve()
+        self.metrics_port = metrics_port.choose(config.port)  # a clash with the serving port stops the job (exit 2)
+        if config.submit_directory.startswith("s3://"):  # a framework model deployed with source_dir
+            from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
+
+            stop = remote.for_serving(config.submit_directory, config.base_dir, account.credentials,
+                                      account.environ(os.environ))
+            if stop is not None:
+                raise JobFailure("", stop)  # remote said why
+        if not config.app:
+            try:
+                self.code_dir = os.path.dirname(locate(config.program, code_directories(config.base_dir,
+                                                                                        config.submit_directory)))
+            except HandlerError as error:
+                raise JobFailure(str(error)) from None
+        # The model may arrive in a 0700 directory (the SDK extracts it into one): never start a
+        # server whose model_fn could not read it (init/inputs.py).
+        account = inputs.choose(account, [config.model_dir, self.code_dir or ""],
+                                explicit=bool(os.environ.get(privileges.USER_SETTING, "").strip()))
+        try:  # once the account is known: its user must reach the runtime directory
+            runtime_root = runtime_dir.choose(config.runtime_dir, account)
+        except runtime_dir.RuntimeDirError as error:
+            raise JobFailure(str(error)) from None
+        log.info(f"serving on port {config.port}: {config.workers} worker(s)"
+                 f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
+                 f"{'app ' + config.app if config.app else 'handlers from ' + str(self.code_dir)}")
+        # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
+        self.credentials = account.credentials
+        self.owner = account.owner
+        self.runtime = runtime_dir.create(runtime_root, self.owner)
+        self.account = account.with_home(self.runtime.root)
+        # The servers chdir (gunicorn) or start (nginx) here: a place their user can be.
+        self.cwd = runtime_dir.reachable_cwd(account, self.code_dir, self.runtime)
+        if self.cwd is not None:
+            log.info(f"the servers start in {self.cwd}: smsuper's working directory cannot be reached by "
+                     f"{account.describe()}")
+        self.nginx_binary = nginx.find(config.nginx)
+
+    def title(self) -> str:
+        return "smsuper: init [serve]"
+
+    def supervisor_options(self) -> Dict[str, Any]:
+        return {"restart_limit": self.config.restart_limit, "restart_window": self.config.restart_window}
+
+    def cleanup(self) -> None:
+        if self.account is not None:
+            self.account.cleanup()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.runtime is not None and not self.config.runtime_dir:  # a directory of our own
+            runtime_dir.remove(self.runtime)
 
     # ---- the children -------------------------------------------------------------
     def _gunicorn_spec(self) -> ChildSpec:
@@ -117,13 +169,12 @@ class ServeJob:
             bind, drain = f"unix:{self.runtime.socket}", ["--nginx-pidfile", self.runtime.nginx_pid]
         else:
             bind, drain = f"0.0.0.0:{self.config.port}", []
-        argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind,
-                                 "--workers", str(self.config.workers), *drain)
+        argv = selfcmd.self_argv("_gunicorn", "--runtime-dir", self.runtime.root, "--bind", bind, *drain)
         if self.metrics_dir:
             argv += ["--metrics-dir", self.metrics_dir]
-        env = self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
-        return ChildSpec(role="gunicorn", argv=argv, env=env, cwd=self.cwd, credentials=self.credentials,
-                         relay=True, stop_signal=signal.SIGTERM, restart=True)
+        env = self.config.handed_over(self.account.environ(dict(os.environ, PYTHONUNBUFFERED="1")))
+        return ChildSpec(role=roles.GUNICORN, argv=argv, env=env, cwd=self.cwd, credentials=self.credentials,
+                         relay=True, stop_signal=signal.SIGTERM, restart=True, on_exit=self._gunicorn_exited)
 
     def _nginx_spec(self) -> ChildSpec:
         assert self.nginx_binary
@@ -138,15 +189,14 @@ class ServeJob:
         except OSError as error:  # a failed write() or close() names no file: say which
             raise OSError(error.errno, error.strerror, self.runtime.nginx_conf) from None
         self._remove_status_socket()
-        self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
-                                         settings.value("SMSUPER_LOG_FORMAT") == "json",
+        self.access_log = AccessLogRelay(self.runtime.access_log, self.owner, self.config.log_format == "json",
                                          counts=self.responses, log_ping=self.config.log_ping)
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
-        return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
+        return ChildSpec(role=roles.NGINX, argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
-                         restart=True)
+                         restart=True, on_exit=self._nginx_exited)
 
-    def _start_metrics(self) -> None:
+    def start_metrics(self, supervisor) -> None:
         """PID 1's endpoint, fed by gunicorn's multiprocess files and nginx's stub_status."""
         if self.metrics_port is None:
             return
@@ -187,7 +237,7 @@ class ServeJob:
 
     def start_servers(self) -> None:
         if not self.nginx_binary:
-            log.warning(f"no nginx found (SMSUPER_NGINX={settings.value('SMSUPER_NGINX')}): gunicorn binds port "
+            log.warning(f"no nginx found (SMSUPER_NGINX={self.config.nginx}): gunicorn binds port "
                         f"{self.config.port} itself. /ping then goes to the workers and can wait behind "
                         f"predictions, and a request past the timeout loses its connection instead of a 504")
         try:
@@ -203,10 +253,10 @@ class ServeJob:
                       f"{error.strerror or error}. Free space there, or set SMSUPER_RUNTIME_DIR to another place")
             self.supervisor.shutdown("the runtime directory is not usable", exit_code=1)
 
-    def start(self) -> None:
+    def start(self, supervisor) -> None:
         self._readiness(readiness.reset)
         self._readiness(readiness.write_status, "starting", "the model server is starting")
-        install = requirements.plan(self.code_dir, settings.value("SMSUPER_INSTALL_REQUIREMENTS"),
+        install = requirements.plan(self.code_dir, self.config.install_requirements,
                                     os.environ) if self.code_dir else None
         if install is None:
             self.start_servers()
@@ -215,32 +265,33 @@ class ServeJob:
         self._readiness(readiness.write_status, "starting", "installing requirements.txt")
         log.info(f"installing {os.path.join(self.code_dir or '', requirements.REQUIREMENTS_FILE)}")
         try:
-            self.supervisor.start(ChildSpec(role="pip", argv=argv, env=env, cwd=self.code_dir, relay=True))
+            self.supervisor.start(ChildSpec(role=roles.PIP, argv=argv, env=env, cwd=self.code_dir, relay=True,
+                                            on_exit=self._pip_exited))
         except SpawnError as error:
             log.error(f"cannot run pip to install requirements.txt: {error.message}")
             self.supervisor.shutdown("pip could not start", exit_code=error.exit_code)
 
-    # ---- events -----------------------------------------------------------------
-    def _on_exit(self, child, status) -> None:
-        role = child.spec.role
-        if role == "pip":
-            if self.supervisor.stopping:
-                return
-            if status.code == 0:
-                self.start_servers()
-            else:
-                log.error(f"pip install -r requirements.txt failed ({status.describe()}): the model server "
-                          f"does not start")
-                self.supervisor.shutdown("requirements could not be installed", exit_code=status.code or 1)
-        elif role == "gunicorn":
-            # No worker of the dead master can serve any more (they get SIGTERM as it dies).
-            self._readiness(readiness.clear)
-            if not self.supervisor.stopping:
-                self._readiness(readiness.write_status, "restarting",
-                                f"the model server exited ({status.describe()}) and is restarting")
-        elif role == "nginx":
-            self._stop_orphaned_nginx_workers()
-            self._remove_status_socket()
+    # ---- the children's exits ------------------------------------------------------
+    def _pip_exited(self, child, status) -> None:
+        if self.supervisor.stopping:
+            return
+        if status.code == 0:
+            self.start_servers()
+        else:
+            log.error(f"pip install -r requirements.txt failed ({status.describe()}): the model server "
+                      f"does not start")
+            self.supervisor.shutdown("requirements could not be installed", exit_code=status.code or 1)
+
+    def _gunicorn_exited(self, child, status) -> None:
+        # No worker of the dead master can serve any more (they get SIGTERM as it dies).
+        self._readiness(readiness.clear)
+        if not self.supervisor.stopping:
+            self._readiness(readiness.write_status, "restarting",
+                            f"the model server exited ({status.describe()}) and is restarting")
+
+    def _nginx_exited(self, child, status) -> None:
+        self._stop_orphaned_nginx_workers()
+        self._remove_status_socket()
 
     def _stop_orphaned_nginx_workers(self) -> None:
         """nginx workers outlive a killed master and keep the port: ask them to finish and go.
@@ -258,65 +309,6 @@ class ServeJob:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def run(self) -> int:
-        self._start_metrics()  # before PID 1 drops its capabilities: the port may be below 1024
-        self.start()
-        privileges.restrict_init()
-        code = self.supervisor.run()
-        self.account.cleanup()
-        if self.access_log is not None:
-            self.access_log.close()
-        if self.own_runtime:
-            runtime_dir.remove(self.runtime)
-        return code
-
 
 def main(args: List[str]) -> int:
-    if args:
-        log.error(f"serve takes no arguments (got {' '.join(args)}): configure it with environment variables")
-        return CONFIG_ERROR
-    settings.validate("serve")
-    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
-    try:
-        account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"), settings.value("SMSUPER_USER"),
-                                          os.environ)
-    except privileges.PrivilegeError as error:
-        log.error(str(error))
-        return CONFIG_ERROR
-    config = resolve()
-    listen = metrics_port.choose(config.port)  # a clash with the serving port stops the job here (exit 2)
-    if config.submit_directory.startswith("s3://"):  # a framework model deployed with source_dir
-        from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
-
-        stop = remote.for_serving(config.submit_directory, config.base_dir, account.credentials,
-                                  account.environ(os.environ))
-        if stop is not None:
-            return stop
-    code_dir = None
-    if not config.app:
-        try:
-            code_dir = os.path.dirname(locate(config.program, code_directories(config.base_dir,
-                                                                                config.submit_directory)))
-        except HandlerError as error:
-            log.error(str(error))
-            return CONFIG_ERROR
-    try:
-        # The model may arrive in a 0700 directory (the SDK extracts it into one): never start a
-        # server whose model_fn could not read it (init/inputs.py).
-        account = inputs.choose(account, [config.model_dir, code_dir or ""],
-                                explicit=bool(os.environ.get(privileges.USER_SETTING, "").strip()))
-    except privileges.PrivilegeError as error:
-        log.error(str(error))
-        return CONFIG_ERROR
-    try:  # once the account is known: its user must reach the runtime directory
-        runtime_root = runtime_dir.choose(settings.value("SMSUPER_RUNTIME_DIR"), account)
-    except runtime_dir.RuntimeDirError as error:
-        log.error(str(error))
-        return CONFIG_ERROR
-    if os.getpid() != 1:
-        capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
-    set_title("smsuper: init [serve]")
-    log.info(f"serving on port {config.port}: {config.workers} worker(s)"
-             f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
-             f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
-    return ServeJob(config, code_dir, account, listen, runtime_root).run()
+    return lifecycle.run(ServeJob(args))

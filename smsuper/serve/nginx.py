@@ -46,14 +46,12 @@ import subprocess
 from typing import List, Optional, Tuple
 
 from . import routes
+from . import timeouts
 from .config import ServeConfig
 from .runtime import NGINX_TEMP_KINDS, RuntimeDir
 
 MEMORY_BUFFER_CAP = 16 * 1024 * 1024  # beyond this, large batch-transform bodies spool to disk
 PROXY_BUFFER = 64 * 1024
-# nginx closes an idle connection to a worker after this long; gunicorn's keepalive is
-# longer, so nginx always closes first. Short, because a retiring worker waits for it.
-UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
 # How long a bidirectional stream (an upgraded row) may pass no byte either way before nginx
 # closes it: the platform pings every 60 s, so a live stream never gets near it.
@@ -257,7 +255,7 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     proxy_buffers = max(8, body_buffer // PROXY_BUFFER)
     user = f"user {root_workers_as[0]} {root_workers_as[1]};\n" if root_workers_as else ""
     upstream_keepalive_timeout = (
-        f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT}s;\n" if nginx_version >= (1, 15, 3) else ""
+        f"        keepalive_timeout {timeouts.UPSTREAM_KEEPALIVE}s;\n" if nginx_version >= (1, 15, 3) else ""
     )
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
@@ -306,7 +304,7 @@ http {{
     # instead of per request, and 4 KiB is PIPE_BUF, so each write into the FIFO stays atomic.
     access_log {runtime.access_log} smsuper buffer=4k flush=1s;
 
-    keepalive_timeout 75s;
+    keepalive_timeout {timeouts.CLIENT_KEEPALIVE}s;
     keepalive_requests 100000;
     client_max_body_size {config.max_payload_bytes};
     client_body_buffer_size {body_buffer};
@@ -325,7 +323,7 @@ http {{
         proxy_set_header Connection "";
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_connect_timeout 5s;
+        proxy_connect_timeout {timeouts.UPSTREAM_CONNECT}s;
         proxy_send_timeout {config.timeout}s;
         proxy_read_timeout {config.timeout}s;
         proxy_buffer_size {PROXY_BUFFER};

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import List, Optional
 
 from ..init import untrusted
@@ -46,9 +45,21 @@ class RuntimeDirError(Exception):
     """No usable runtime directory; the message names the place and the fix."""
 
 
-@dataclass(frozen=True)
 class RuntimeDir:
-    root: str
+    # A plain class rather than a dataclass: PID 1 then carries no dataclasses (~1 MB of RSS).
+    __slots__ = ("root",)
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuntimeDir) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"RuntimeDir({self.root!r})"
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)

@@ -18,8 +18,9 @@ pure: the stderr tail arrives as bytes and leaves as valid UTF-8 text.
 from __future__ import annotations
 
 import re
-import signal
 from typing import List, Optional, Sequence
+
+from ..init.supervisor import signal_name
 
 BUDGET = 1024
 TAIL_LIMIT = 64 * 1024  # bytes of stderr kept in memory for the failure file
@@ -96,13 +97,6 @@ def pip_error_line(lines: Sequence[str]) -> Optional[str]:
         if line.startswith("ERROR:"):
             return line.strip()
     return None
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def status_sentence(name: str, code: int, signal_number: Optional[int]) -> str:

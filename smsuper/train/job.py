@@ -1,17 +1,19 @@
 """`smsuper train`: prepare, run the user's program under the init, report.
 
-1. prepare (guarded against an early stop): settings, a privileged container
-   refused, the workload's account (SMSUPER_USER), the four config files,
-   hyperparameters, the code directory, the entry point, the SM_* environment,
-   host names; any problem fails the job before anything runs; then the model,
-   output and checkpoint directories are handed to the workload's user;
-2. run under one supervisor: pip first when needed, as root (its success
-   starts the script, from the supervisor's exit callback, so a stop during
-   the install never starts the script), then the script as the primary
-   child, unprivileged, its stderr relayed and its tail kept for the failure
-   file; PID 1 drops the capabilities it no longer needs once a child runs;
-3. report: output/success, or output/failure (unless the script wrote its
-   own), and the script's exit code as the container's.
+The job's steps, in the lifecycle every job shares (init/lifecycle.py):
+1. begin: stale outcome files of an earlier run removed;
+2. prepare (inside the lifecycle's stop guard, after the settings and the account):
+   the four config files, hyperparameters, the code directory, the entry point,
+   the SM_* environment, host names; any problem fails the job before anything
+   runs; then the model, output and checkpoint directories are handed to the
+   workload's user;
+3. start: pip first when needed, as root (its exit hook starts the script when
+   it succeeded and no stop came meanwhile), else the script at once, as the
+   primary child, unprivileged, its stderr relayed and its tail kept for the
+   failure file;
+4. finish: output/success, or output/failure (unless the script wrote its
+   own), and the script's exit code as the container's; cleanup gives the
+   directories back to their owners first.
 """
 
 from __future__ import annotations
@@ -22,28 +24,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .. import log, redact, settings
-from ..init import handback, inputs, privileges
+from .. import log, redact, roles, settings
+from ..init import handback, inputs, lifecycle, privileges
+from ..init.lifecycle import INTERNAL_ERROR, JobFailure
+from ..init.spawn import ChildSpec, SpawnError
 from ..sagemaker import configs, hyperparameters, resources
 from ..sagemaker.environment import EntryPointFacts, TrainingEnvironment
 from ..sagemaker.paths import DEFAULT_BASE_DIR, Paths
-from ..usercode import remote
 from . import distributed, entrypoint, failure, hostwait, launch, outcome, requirements, sourcedir
-from .stopguard import StopRequested, stop_guard
 
-DEFAULT_GRACE_PERIOD = 110.0  # the platform's SIGKILL comes 120 s after SIGTERM
-CONFIG_ERROR_CODE = 2
-INTERNAL_ERROR_CODE = 1
-
-
-class JobFailure(Exception):
-    """The job cannot run; `kind` heads the failure reason, `exit_code` ends the job."""
-
-    def __init__(self, kind: str, message: str, exit_code: int):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.exit_code = exit_code
+JOB = "train"
+CONFIG_ERROR_CODE = lifecycle.CONFIG_ERROR
 
 
 @dataclass
@@ -78,21 +69,12 @@ def _inputs(paths: Paths, entry: entrypoint.EntryPoint, training: TrainingEnviro
             entry.code_dir or entry.target]
 
 
-def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
+def prepare(paths: Paths, extra_args: List[str], account: privileges.Workload) -> Prepared:
     """Every decision, before any child exists. Raises JobFailure."""
-    try:
-        settings.validate("train")
-    except settings.SettingError as error:
-        raise JobFailure("SettingError", str(error), CONFIG_ERROR_CODE) from None
-    try:
-        account = privileges.start_checks(settings.value("SMSUPER_ALLOW_PRIVILEGED"), settings.value("SMSUPER_USER"),
-                                          os.environ)
-    except privileges.PrivilegeError as error:
-        raise JobFailure("PrivilegeError", str(error), CONFIG_ERROR_CODE) from None
     try:
         config = configs.load(paths)
     except configs.ConfigError as error:
-        raise JobFailure("ConfigError", str(error), CONFIG_ERROR_CODE) from None
+        raise JobFailure(str(error), CONFIG_ERROR_CODE, kind="ConfigError") from None
     if config.present:
         log.debug(f"read {', '.join(config.present)} from {paths.input_config_dir}")
     hps = hyperparameters.load(config.hyperparameters)
@@ -101,23 +83,28 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
     program = _configured("SAGEMAKER_PROGRAM", "sagemaker_program", hps, hp_file)
     submit = _configured("SAGEMAKER_SUBMIT_DIRECTORY", "sagemaker_submit_directory", hps, hp_file)
     framework_module = settings.value("SAGEMAKER_TRAINING_MODULE")
+    downloader = None
+    if submit and sourcedir.is_remote(submit.value):
+        from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
+
+        downloader = remote.Downloader(account.credentials, account.environ(os.environ),
+                                       hps.sagemaker("sagemaker_region"))
     try:
         code = sourcedir.locate(submit.value if submit else None, submit.origin if submit else "",
-                                paths.code_dir, remote.Downloader(account.credentials, account.environ(os.environ),
-                                                                  hps.sagemaker("sagemaker_region")))
+                                paths.code_dir, downloader)
         if code.remote and not framework_module:
             log.warning(f"{code.note}: looking for the code in {code.path}")
         entry = entrypoint.resolve(program, framework_module, code.path,
                                    os.environ.get("PATH", os.defpath), code.note)
     except sourcedir.SourceDirError as error:
-        raise JobFailure(error.kind, str(error), error.exit_code) from None
+        raise JobFailure(str(error), error.exit_code, kind=error.kind) from None
     except entrypoint.EntryPointError as error:
-        raise JobFailure(type(error).__name__, str(error), error.exit_code) from None
+        raise JobFailure(str(error), error.exit_code, kind=type(error).__name__) from None
 
     try:
         distributed.refuse_mpi(hps, entry)
     except distributed.DistributionError as error:
-        raise JobFailure("DistributionError", str(error), CONFIG_ERROR_CODE) from None
+        raise JobFailure(str(error), CONFIG_ERROR_CODE, kind="DistributionError") from None
 
     log_level = hps.sagemaker("sagemaker_container_log_level")
     training = TrainingEnvironment(
@@ -137,7 +124,7 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
         account = inputs.choose(account, _inputs(paths, entry, training),
                                 explicit=bool(os.environ.get(privileges.USER_SETTING, "").strip()))
     except privileges.PrivilegeError as error:
-        raise JobFailure("PrivilegeError", str(error), CONFIG_ERROR_CODE) from None
+        raise JobFailure(str(error), CONFIG_ERROR_CODE, kind="PrivilegeError") from None
     torchrun = distributed.torch_requested(hps, settings.value("SMSUPER_TORCH_DISTRIBUTED"))
     plan = distributed.plan(training.hosts, training.current_host, settings.value("SMSUPER_MASTER_PORT"),
                             torchrun, training.num_gpus)
@@ -145,7 +132,7 @@ def prepare(paths: Paths, extra_args: List[str]) -> Prepared:
         try:
             hostwait.wait_for_hosts(training.hosts, settings.value("SMSUPER_HOST_WAIT_TIMEOUT"))
         except hostwait.HostsUnresolved as error:
-            raise JobFailure("HostsUnresolved", str(error), INTERNAL_ERROR_CODE) from None
+            raise JobFailure(str(error), INTERNAL_ERROR, kind="HostsUnresolved") from None
 
     python = _python()
     return Prepared(
@@ -175,13 +162,6 @@ def _prepare_places(prepared: Prepared) -> None:
     prepared.account = account.with_home()
 
 
-def _give_back(prepared: Optional[Prepared]) -> None:
-    """Model, output and checkpoints belong to their owners again (before output/failure is written)."""
-    if prepared is not None and prepared.handover is not None:
-        handover, prepared.handover = prepared.handover, None
-        handover.give_back(prepared.account.credentials.uid)
-
-
 def _report_failure(paths: Paths, summary_head: Optional[str], status: str, lines: List[str],
                     before: outcome.Snapshot) -> None:
     summary = failure.compose(summary_head, status, lines)
@@ -189,155 +169,140 @@ def _report_failure(paths: Paths, summary_head: Optional[str], status: str, line
     outcome.write_failure(paths, failure.failure_text(summary, lines), before)
 
 
-def _fail_early(paths: Paths, problem: JobFailure, before: outcome.Snapshot) -> int:
-    log.error(f"{problem.kind}: {problem.message}")
-    status = f"smsuper exited with code {problem.exit_code} before starting the training program."
-    outcome.write_failure(paths, failure.failure_text(
-        failure.compose(f"{problem.kind}: {problem.message}", status, []), []), before)
-    return problem.exit_code
+class TrainJob(lifecycle.Job):
+    name = JOB
+    workload = "the training program"
 
-
-def _supervise(paths: Paths, prepared: Prepared, supervisor, before: outcome.Snapshot) -> int:
-    from ..init.spawn import ChildSpec, SpawnError
-
-    script_tail = failure.StderrTail()
-    pip_tail = failure.StderrTail()
-    spawn_problem: List[SpawnError] = []
-    launch_ = prepared.launch
-    account = prepared.account
-    log_metrics = _start_metrics(supervisor)
-
-    def script_stderr(chunk: bytes) -> None:
-        script_tail.feed(chunk)
-        log_metrics.feed(chunk)
-
-    script_spec = ChildSpec(role="script", argv=launch_.argv, env=account.environ(launch_.env), cwd=launch_.cwd,
-                            credentials=account.credentials, relay=True, on_stdout=log_metrics.feed,
-                            on_stderr=script_stderr)
-
-    def start_script() -> None:
-        log.info(f"running {launch_.name}: {shlex.join(redact.argv(launch_.argv))}")
-        if log.enabled("debug"):
-            shown = redact.environ(script_spec.env or {})
-            log.debug("the training program's environment:\n" + "\n".join(f"{k}={v}" for k, v in sorted(shown.items())))
+    def __init__(self, args: List[str]):
+        self.args = list(args)
         try:
-            supervisor.start(script_spec, primary=True)
-        except SpawnError as error:
-            spawn_problem.append(error)
-            supervisor.shutdown(f"{launch_.name} could not start", exit_code=error.exit_code)
+            base_dir = settings.value("SAGEMAKER_BASE_DIR")
+        except settings.SettingError:
+            base_dir = DEFAULT_BASE_DIR  # the validation reports the bad setting through the failure file
+        self.paths = Paths(base_dir)
+        self.before: Optional[outcome.Snapshot] = None
+        self.prepared: Optional[Prepared] = None
+        self.script_tail = failure.StderrTail()
+        self.pip_tail = failure.StderrTail()
+        self.log_metrics = None  # metrics.training.LogMetrics: the user's metrics, parsed from the script's output
+        self.spawn_problem: Optional[SpawnError] = None
+        self.pip_child = None
+        self.script = None
 
-    def on_exit(child, status) -> None:
-        if child.spec.role == "pip" and status.code == 0 and not supervisor.stopping:
-            start_script()
+    # ---- the lifecycle's steps ----------------------------------------------------
+    def begin(self) -> None:
+        outcome.remove_stale(self.paths)
+        self.before = outcome.snapshot(self.paths.failure_file)
 
-    supervisor.on_exit = on_exit
-    pip_child = None
-    if prepared.install is not None:
-        install = prepared.install
+    def prepare(self, account: privileges.Workload) -> None:
+        self.prepared = prepare(self.paths, self.args, account)
+        _prepare_places(self.prepared)
+
+    def title(self) -> str:
+        return f"smsuper: train [{self.prepared.entry.name}]"
+
+    def start_metrics(self, supervisor) -> None:
+        from .. import metrics
+        from ..metrics import training
+
+        self.log_metrics = training.LogMetrics(settings.value("SMSUPER_METRIC_DEFINITIONS"))
+        metrics.start(supervisor, [training.collector(supervisor, self.log_metrics)])
+
+    def start(self, supervisor) -> None:
+        install = self.prepared.install
+        if install is None:
+            self._start_script()
+            return
         log.info(f"installing with {install.what} in {install.cwd}")
         try:
             # As root, as the image's own installs: the script only ever runs unprivileged.
-            pip_child = supervisor.start(ChildSpec(role="pip", argv=install.argv, env=install.env,
-                                                   cwd=install.cwd, relay=True, on_stderr=pip_tail.feed))
+            self.pip_child = supervisor.start(ChildSpec(role=roles.PIP, argv=install.argv, env=install.env,
+                                                        cwd=install.cwd, relay=True, on_stderr=self.pip_tail.feed,
+                                                        on_exit=self._pip_exited))
         except SpawnError as error:
-            raise JobFailure("InstallError", f"{install.what} could not start: {error.message}",
-                             error.exit_code) from None
-    else:
-        start_script()
-    privileges.restrict_init()
-    code = supervisor.run()
-    account.cleanup()
-    _give_back(prepared)
+            raise JobFailure(f"{install.what} could not start: {error.message}", error.exit_code,
+                             kind="InstallError") from None
 
-    if spawn_problem:
-        problem = spawn_problem[0]
-        _report_failure(paths, f"SpawnError: cannot start {launch_.name}: {problem.message}",
-                        f"exit code {problem.exit_code}.", [], before)
+    def cleanup(self) -> None:
+        prepared = self.prepared
+        if prepared is None:
+            return
+        prepared.account.cleanup()
+        if prepared.handover is not None:
+            # Model, output and checkpoints belong to their owners again (before output/failure is written).
+            handover, prepared.handover = prepared.handover, None
+            handover.give_back(prepared.account.credentials.uid)
+
+    def finish(self, code: int) -> int:
+        paths, before, launch_ = self.paths, self.before, self.prepared.launch
+        if self.spawn_problem is not None:
+            problem = self.spawn_problem
+            _report_failure(paths, f"SpawnError: cannot start {launch_.name}: {problem.message}",
+                            f"exit code {problem.exit_code}.", [], before)
+            return problem.exit_code
+        pip = self.pip_child
+        if pip is not None and pip.status is not None and pip.status.code != 0:
+            install = self.prepared.install
+            lines = failure.clean_lines(self.pip_tail.data())
+            headline = failure.pip_error_line(lines) or f"{install.what} failed"
+            status = failure.status_sentence(install.what, pip.status.code, pip.status.signal)
+            _report_failure(paths, f"InstallError: {headline}",
+                            status + " The training program did not run.", lines, before)
+            return pip.status.code
+        script = self.script
+        if script is None or script.status is None:
+            # Stopped before the script started (a stop during pip install).
+            _report_failure(paths, None, f"the job was stopped before {launch_.name} started.", [], before)
+            return code or 143
+        if code == 0:
+            outcome.write_success(paths)
+            log.info(f"{launch_.name} completed")
+            return 0
+        lines = failure.clean_lines(self.script_tail.data())
+        status = failure.status_sentence(launch_.name, script.status.code, script.status.signal)
+        _report_failure(paths, failure.exception_line(lines), status, lines, before)
+        return code
+
+    def fail(self, problem: JobFailure) -> int:
+        log.error(f"{problem.kind}: {problem.message}")
+        status = f"smsuper exited with code {problem.exit_code} before starting the training program."
+        outcome.write_failure(self.paths, failure.failure_text(
+            failure.compose(f"{problem.kind}: {problem.message}", status, []), []), self.before)
         return problem.exit_code
-    if pip_child is not None and pip_child.status is not None and pip_child.status.code != 0:
-        lines = failure.clean_lines(pip_tail.data())
-        headline = failure.pip_error_line(lines) or f"{prepared.install.what} failed"
-        status = failure.status_sentence(prepared.install.what, pip_child.status.code, pip_child.status.signal)
-        _report_failure(paths, f"InstallError: {headline}",
-                        status + " The training program did not run.", lines, before)
-        return pip_child.status.code
-    script = next((c for c in supervisor.children if c.spec.role == "script"), None)
-    if script is None or script.status is None:
-        # Stopped before the script started (a stop during pip install).
-        _report_failure(paths, None, f"the job was stopped before {launch_.name} started.", [], before)
-        return code or 143
-    if code == 0:
-        outcome.write_success(paths)
-        log.info(f"{launch_.name} completed")
-        return 0
-    lines = failure.clean_lines(script_tail.data())
-    status = failure.status_sentence(launch_.name, script.status.code, script.status.signal)
-    _report_failure(paths, failure.exception_line(lines), status, lines, before)
-    return code
 
+    def internal_error(self, error: Exception, detail: str) -> int:
+        log.error(f"internal error: {detail}")
+        outcome.write_failure(self.paths, failure.failure_text(failure.compose(
+            f"smsuper internal error: {type(error).__name__}: {error}",
+            f"exit code {INTERNAL_ERROR}.", detail.splitlines()), detail.splitlines()), self.before)
+        return INTERNAL_ERROR
 
-def _start_metrics(supervisor):
-    """PID 1's metrics endpoint (before PID 1 drops its capabilities); returns the log-line parser."""
-    from ..metrics import training
+    # ---- the children -------------------------------------------------------------
+    def _start_script(self) -> None:
+        launch_, account = self.prepared.launch, self.prepared.account
+        log_metrics = self.log_metrics
 
-    log_metrics = training.LogMetrics(settings.value("SMSUPER_METRIC_DEFINITIONS"))
-    from .. import metrics
+        def script_stderr(chunk: bytes) -> None:
+            self.script_tail.feed(chunk)
+            log_metrics.feed(chunk)
 
-    metrics.start(supervisor, [training.collector(supervisor, log_metrics)])
-    return log_metrics
+        spec = ChildSpec(role=roles.SCRIPT, argv=launch_.argv, env=account.environ(launch_.env), cwd=launch_.cwd,
+                         credentials=account.credentials, relay=True, on_stdout=log_metrics.feed,
+                         on_stderr=script_stderr)
+        log.info(f"running {launch_.name}: {shlex.join(redact.argv(launch_.argv))}")
+        if log.enabled("debug"):
+            shown = redact.environ(spec.env or {})
+            log.debug("the training program's environment:\n" + "\n".join(f"{k}={v}" for k, v in sorted(shown.items())))
+        try:
+            self.script = self.supervisor.start(spec, primary=True)
+        except SpawnError as error:
+            self.spawn_problem = error
+            self.supervisor.shutdown(f"{launch_.name} could not start", exit_code=error.exit_code)
 
-
-def _set_title(name: str) -> None:
-    try:
-        from ..titles import set_title
-    except ImportError:
-        return
-    set_title(f"smsuper: train [{name}]")
+    def _pip_exited(self, child, status) -> None:
+        if status.code == 0 and not self.supervisor.stopping:
+            self._start_script()
 
 
 def main(args: List[str]) -> int:
-    try:
-        base_dir = settings.value("SAGEMAKER_BASE_DIR")
-    except settings.SettingError:
-        base_dir = DEFAULT_BASE_DIR  # prepare() reports the bad setting through the failure file
-    paths = Paths(base_dir)
-    try:
-        log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
-    except settings.SettingError:
-        pass  # reported by prepare()'s validation
-    outcome.remove_stale(paths)
-    before = outcome.snapshot(paths.failure_file)
-    if os.getpid() != 1:
-        from ..init import capabilities
-
-        capabilities.become_subreaper()  # orphans of the script are ours to reap
-    prepared: Optional[Prepared] = None
-    try:
-        with stop_guard():
-            prepared = prepare(paths, list(args))
-            _prepare_places(prepared)
-            _set_title(prepared.entry.name)
-            from ..init.supervisor import Supervisor
-
-            grace = settings.value("SMSUPER_GRACE_PERIOD")
-            supervisor = Supervisor(DEFAULT_GRACE_PERIOD if grace is None else grace,
-                                    rewrite_stop=settings.value("SMSUPER_STOP_SIGNAL"),
-                                    success_codes=settings.value("SMSUPER_SUCCESS_EXIT_CODES"))
-        return _supervise(paths, prepared, supervisor, before)
-    except JobFailure as problem:
-        _give_back(prepared)
-        return _fail_early(paths, problem, before)
-    except StopRequested as stop:
-        _give_back(prepared)
-        return _fail_early(paths, JobFailure("Stopped", f"received {stop} before the training program "
-                                                        "started", 128 + stop.signum), before)
-    except Exception as error:  # smsuper's own bug: still leave a reason behind
-        import traceback
-
-        detail = traceback.format_exc()
-        log.error(f"internal error: {detail}")
-        _give_back(prepared)
-        outcome.write_failure(paths, failure.failure_text(failure.compose(
-            f"smsuper internal error: {type(error).__name__}: {error}",
-            f"exit code {INTERNAL_ERROR_CODE}.", detail.splitlines()), detail.splitlines()), before)
-        return INTERNAL_ERROR_CODE
+    return lifecycle.run(TrainJob(args))

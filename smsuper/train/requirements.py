@@ -1,11 +1,7 @@
 """pip installs that must finish before the script: requirements.txt, or the
 code directory itself when it is a package (setup.py / pyproject.toml).
 
-pip runs in the image's Python, from the code directory (so relative paths
-inside requirements.txt work), with its output streamed like the script's.
-Defaults that keep logs readable and pip from waiting for input are given
-through PIP_* variables, which every pip version ignores when unknown; the
-user's own PIP_* settings win.
+pip runs the way usercode/pip.py says, its output streamed like the script's.
 """
 
 from __future__ import annotations
@@ -14,17 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional
 
+from ..usercode import pip
+from ..usercode.pip import REQUIREMENTS_FILE
 from . import entrypoint as ep
-
-REQUIREMENTS_FILE = "requirements.txt"
-
-PIP_DEFAULTS = {
-    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "PIP_NO_INPUT": "1",
-    "PIP_PROGRESS_BAR": "off",
-    "PIP_ROOT_USER_ACTION": "ignore",
-    "PYTHONUNBUFFERED": "1",
-}
 
 
 @dataclass(frozen=True)
@@ -40,9 +28,7 @@ def plan(entry: ep.EntryPoint, python: str, enabled: bool, environ: Mapping[str,
     if entry.kind in (ep.FRAMEWORK, ep.ON_PATH) or not entry.code_dir:
         return None  # a framework module installs its own; `train` on PATH has no code dir
     has_requirements = os.path.isfile(os.path.join(entry.code_dir, REQUIREMENTS_FILE))
-    env = dict(environ)
-    for name, value in PIP_DEFAULTS.items():
-        env.setdefault(name, value)
+    env = pip.environ(environ)
     if entry.install_package:
         args = ["install", "."] + (["-r", REQUIREMENTS_FILE] if has_requirements and enabled else [])
     elif has_requirements and enabled:

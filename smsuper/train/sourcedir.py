@@ -17,7 +17,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from ..usercode import archive, remote
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..usercode import remote
+
+# usercode's archive and remote modules (tarfile, the download child's protocol) are imported
+# only for code that needs them: a training job whose code sits in /opt/ml/code carries
+# neither in PID 1.
 
 
 class SourceDirError(ValueError):
@@ -42,6 +48,8 @@ def is_remote(location: str) -> bool:
 
 def extract(archive_path: str, target: str) -> None:
     """Extract `archive_path` into `target`, refusing members that escape it."""
+    from ..usercode import archive
+
     try:
         archive.extract(archive_path, target)
     except archive.ArchiveError as error:
@@ -49,6 +57,8 @@ def extract(archive_path: str, target: str) -> None:
 
 
 def _remote(location: str, origin: str, code_dir: str, downloader: Optional[remote.Downloader]) -> CodeDir:
+    from ..usercode import remote
+
     if not remote.is_empty_or_absent(code_dir):
         return CodeDir(code_dir, note=f"{origin} {location} is not downloaded ({code_dir} is not empty, and the "
                                       f"code there wins, as in the SageMaker toolkit)", remote=location)
@@ -76,6 +86,8 @@ def locate(submit_directory: Optional[str], origin: str, code_dir: str,
     location = os.path.abspath(submit_directory)
     if os.path.isdir(location):
         return CodeDir(location, note=f"from {origin}")
+    from ..usercode import archive, remote
+
     if archive.is_archive(location):
         target = code_dir if remote.is_empty_or_absent(code_dir) else tempfile.mkdtemp(prefix="smsuper-code-")
         extract(location, target)

@@ -31,8 +31,9 @@ import tempfile
 from contextlib import contextmanager
 from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional
 
-from .. import log, selfcmd
+from .. import log, roles, selfcmd
 from ..init.spawn import ChildSpec, Credentials, SpawnError, spawn
+from ..init.stopguard import StopRequested
 from . import archive, s3_child
 
 CONFIG_ERROR = 2  # the job's exit code when the URI names nothing it can read, or boto3 is absent
@@ -90,7 +91,7 @@ class Downloader:
 
     def _run_child(self, uri: str, output: BinaryIO) -> None:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        spec = ChildSpec(role="s3-download", argv=selfcmd.self_argv("_s3-download", uri), env=self.environ,
+        spec = ChildSpec(role=roles.S3_DOWNLOAD, argv=selfcmd.self_argv("_s3-download", uri), env=self.environ,
                          cwd="/", credentials=self.credentials)
         pid = 0
         said = _ChildOutput()
@@ -279,7 +280,7 @@ def for_serving(submit_directory: str, base_dir: str, credentials: Optional[Cred
     except CodeDownloadError as error:
         log.error(str(error))
         return error.exit_code
-    except DownloadStopped as stop:
+    except (DownloadStopped, StopRequested) as stop:  # StopRequested: the lifecycle's stop guard
         log.error(f"received {stop} while downloading {submit_directory}: the model server does not start")
         return 128 + stop.signum
     return None

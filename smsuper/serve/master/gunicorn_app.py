@@ -2,8 +2,9 @@
 
 Sync workers by default (CPU-bound models, one request per worker at a
 time) that keep nginx's connections open between requests
-(worker/keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
-timeouts and preloading come from ServeConfig. gunicorn writes no access log
+(worker/keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. Everything it
+runs with comes from the ServeConfig PID 1 hands over (serve/config.py): no setting is read again
+here, and every timeout is one of serve/timeouts.py's. gunicorn writes no access log
 (nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`
 and `gunicorn: worker [smsuper serve]`.
 
@@ -36,19 +37,15 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
-from ... import log, settings
+from ... import log
 from ...init import capabilities, procfs
 from ...metrics.worker import serving as serving_metrics
-from .. import readiness, routes
-from ..config import ServeConfig, resolve
-from ..nginx import UPSTREAM_KEEPALIVE_TIMEOUT
+from .. import readiness, routes, timeouts
+from ..config import ServeConfig, received
 from ..runtime import RuntimeDir
 from . import gpus
 
 PROC_NAME = "smsuper serve"
-# Workers keep idle connections longer than nginx does, so gunicorn never closes
-# one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
-WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
 KEEPALIVE_WORKER = "smsuper.serve.worker.keepalive_worker.KeepAliveWorker"
 # Behind nginx, which bounds the request line and every header line itself (nginx.HEADER_BUFFER)
 # and answers in JSON, gunicorn's own limits must be out of reach: its errors are HTML pages
@@ -189,7 +186,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
-        _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
+        _heartbeat = Heartbeat(worker, timeouts.heartbeat_interval(config.timeout))
         _heartbeat.start()
         from ..worker import streaming
 
@@ -302,7 +299,7 @@ class ServeApplication(BaseApplication):
             "threads": config.threads,
             "timeout": config.worker_timeout,
             "graceful_timeout": int(config.stop_deadline),
-            "keepalive": WORKER_KEEPALIVE,
+            "keepalive": timeouts.WORKER_KEEPALIVE,
             "preload_app": config.preload,
             "max_requests": config.max_requests,
             "max_requests_jitter": config.max_requests // 10,
@@ -311,11 +308,10 @@ class ServeApplication(BaseApplication):
             "loglevel": config.log_level,
             "proc_name": PROC_NAME,
             "worker_tmp_dir": _worker_tmp_dir(self.runtime),
-            "control_socket_disable": True,  # gunicorn >= 25 opens one in $HOME otherwise
         }
         if self.bind.startswith("unix:"):
             options.update(BEHIND_NGINX)
-        if settings.value("SMSUPER_LOG_FORMAT") == "json":
+        if config.log_format == "json":
             options["logger_class"] = JsonLogger
         options.update(_hooks(self.runtime, config))
         return options
@@ -349,12 +345,11 @@ def main(args: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="smsuper _gunicorn")
     parser.add_argument("--runtime-dir", required=True)
     parser.add_argument("--bind", required=True, help="unix:PATH, or HOST:PORT without nginx")
-    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--nginx-pidfile", default=None, help="drain until this nginx has exited on SIGTERM")
     parser.add_argument("--metrics-dir", default=None, help="record request metrics here (multiprocess mode)")
     options = parser.parse_args(args)
-    log.configure(settings.value("SMSUPER_LOG_LEVEL"), settings.value("SMSUPER_LOG_FORMAT"))
-    config = resolve(workers=options.workers)
+    config = received(os.environ)
+    log.configure(config.log_level, config.log_format)
     ServeApplication(config, RuntimeDir(options.runtime_dir), options.bind, options.nginx_pidfile,
                      options.metrics_dir).run()
     return 0
