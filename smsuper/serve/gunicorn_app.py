@@ -19,6 +19,13 @@ serving until nginx (which got SIGQUIT and finishes every request it holds)
 has exited, and only then stops its workers gracefully. Requests waiting in
 the socket's backlog are thus served, not reset. Workers get SIGTERM as their
 parent-death signal, so they never outlive a master killed with SIGKILL.
+
+gunicorn halts the whole server when a worker exits with 3 or 4 (its codes
+for "the worker could not boot" / "the app could not load"), to stop a crash
+loop. User code may exit with any code, so that meaning is kept only for a
+worker that never finished booting: post_worker_init marks the worker's
+heartbeat file (a mode bit the master can fstat), and a marked worker's 3 or 4
+is an ordinary dead worker, replaced and counted like one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ctypes
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -35,6 +43,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger
 
 from .. import log, settings
@@ -62,6 +71,9 @@ BEHIND_NGINX: Dict[str, Any] = {
     "limit_request_field_size": 0,
     "secure_scheme_headers": {},
 }
+# Set on a worker's heartbeat file once it has booted: the file is shared with the master
+# (it fstat()s it for the timeout), and gunicorn (>= 20) never changes its mode itself.
+BOOTED_MARK = stat.S_IXUSR
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -116,6 +128,30 @@ class JsonLogger(Logger):
             handler.setFormatter(_JsonFormatter())
 
 
+def _mark_booted(worker: Any) -> None:
+    try:
+        fd = worker.tmp.fileno()
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | BOOTED_MARK)
+    except (OSError, ValueError):
+        pass  # unmarked, its exit 3 or 4 halts the server as gunicorn would: never a worse outcome
+
+
+def _had_booted(worker: Any) -> bool:
+    try:
+        return bool(os.fstat(worker.tmp.fileno()).st_mode & BOOTED_MARK)
+    except (OSError, ValueError):
+        return False
+
+
+def _reaped(pid: int) -> bool:
+    """Whether this child is gone for good: waited for already, not even a zombie any more."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
 def _nginx_running(pidfile: str) -> bool:
     try:
         with open(pidfile) as handle:
@@ -152,6 +188,28 @@ class DrainingArbiter(Arbiter):
         left = config.stop_deadline - (time.monotonic() - received)
         self.cfg.set("graceful_timeout", max(1, int(left)))
         raise StopIteration
+
+    def reap_workers(self) -> None:
+        # gunicorn raises HaltServer for a worker that exited 3 or 4, right after waiting for
+        # it and before its bookkeeping. The worker it means is the one no longer a child:
+        # had it booted, finish its bookkeeping as gunicorn does for any dead worker, and go on
+        # reaping (other workers may have exited meanwhile).
+        while True:
+            try:
+                super().reap_workers()
+                return
+            except HaltServer as halt:
+                dead = [worker for pid, worker in self.WORKERS.items() if _reaped(pid)]
+                if len(dead) != 1 or not _had_booted(dead[0]):
+                    raise
+                worker = dead[0]
+                log.error(f"worker {worker.pid} exited with code {halt.exit_status} after it had booted: "
+                          f"the model's code ended the process (os._exit or exit()); replacing it like any "
+                          f"dead worker (gunicorn reads {halt.exit_status} as a boot failure only while a "
+                          f"worker boots)")
+                del self.WORKERS[worker.pid]
+                worker.tmp.close()
+                self.cfg.child_exit(self, worker)
 
     def stop(self, graceful: bool = True) -> None:
         # Workers reaped from here on are not replaced: not restarts (metrics).
@@ -203,6 +261,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def post_worker_init(worker: Any) -> None:
         if _heartbeat is not None:
             _heartbeat.done.set()
+        _mark_booted(worker)
         if _service is not None and _service.ready and os.getppid() == worker.ppid:
             readiness.mark_ready(runtime, os.getpid())
 
