@@ -16,7 +16,7 @@ from typing import List
 import requests
 
 from test_metrics import metrics_env, parse, scrape, value
-from test_serve import eventually, serve  # noqa: F401 (fixture)
+from test_serve import eventually, host_pid, serve  # noqa: F401 (fixture)
 
 # A handler whose faults are chosen by the request.
 FAULTY_MODEL = """
@@ -110,3 +110,18 @@ def test_exit_3_while_the_model_loads_is_still_a_server_that_cannot_start(serve)
     assert "Worker failed to boot" in logged
     assert "gunicorn keeps failing" in logged
 
+
+def test_a_daemon_forked_by_the_handler_does_not_keep_nginx_waiting(serve):
+    """The user's code forks (no exec) and its worker dies: the child must hold none of
+    the worker's connections, or nginx waits on them for the whole timeout (504)."""
+    server, port = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="30")
+    # Concurrent traffic first, so that both workers keep idle connections nginx will reuse.
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    died = server.post({"fork_a_daemon_and_die": True})
+    assert died.status_code == 502, died.text
+    daemon = int((server.base / "daemon.pid").read_text())
+    host_pid(daemon, server.init_pid())  # it still runs (raises if not)
+    # Every connection of the dead worker is gone with it: nginx sends no request into one.
+    assert _concurrently(server, clients=8, each=6) == [200] * 48
+    eventually(lambda: value(parse(scrape(port)), "smsuper_worker_restarts_total") == 1,
+               "the dead worker to be counted")

@@ -21,6 +21,15 @@ by the taker. (A model that holds the GIL for seconds without releasing it
 delays the watchdog as long.) A retiring worker (SMSUPER_MAX_REQUESTS, or a
 stop) hands its connections over the same way and exits.
 
+Connections stay the worker's alone. A process the user's code forks without
+exec (a helper, a multiprocessing pool) would otherwise keep copies of them
+(close-on-exec does nothing there): a worker dying then leaves nginx waiting
+on connections nobody serves until its timeout (504 instead of 502), and
+requests sent on the dead worker's idle connections wait too. So the forked
+child closes, first thing, every socket of the worker's: the listener, the
+kept connections, the one being served and the hand-over pair
+(os.register_at_fork; a fork made by native code runs no Python hook).
+
 The worker never closes an idle connection nginx may use: a POST that meets a
 closing connection is a 502 (nginx does not resend a POST). nginx closes idle
 connections itself, after its upstream keepalive_timeout.
@@ -141,9 +150,11 @@ class KeepAliveWorker(SyncWorker):
         self.kept: Dict[socket.socket, _Kept] = {}
         self.kept_lock = threading.Lock()
         self.busy_since: Optional[float] = None
+        self.serving: Optional[socket.socket] = None  # the connection of the request being run
         self.next_stale_check = 0.0
         self.request_began = threading.Event()
         threading.Thread(target=self._watch, name="smsuper-hand-over", daemon=True).start()
+        os.register_at_fork(after_in_child=self._drop_connections_in_forked_child)
         hand_over = self.hand_over
         assert hand_over is not None
         while self.alive:
@@ -193,6 +204,27 @@ class KeepAliveWorker(SyncWorker):
             for sock in self.kept:
                 util.close(sock)
             self.kept.clear()
+
+    def _drop_connections_in_forked_child(self) -> None:
+        """In a process forked by the user's code: none of the worker's sockets may live on in it.
+        No lock is taken: the thread that held one at the fork does not exist here."""
+        hand_over = self.hand_over
+        sockets: List[Any] = [*self.kept, self.serving]
+        if hand_over is not None:
+            sockets += [hand_over.give, hand_over.take]
+        for sock in sockets:
+            if sock is not None:
+                try:
+                    os.close(sock.detach())  # detach: closed even if a file object still refers to it
+                except OSError:
+                    pass
+        self.kept = {}
+        self.serving = None
+        for listener in self.sockets:
+            try:
+                listener.close()
+            except OSError:
+                pass
 
     def _watch(self) -> None:
         """The watchdog: asleep unless a request runs; hands connections over if it runs long."""
@@ -247,6 +279,7 @@ class KeepAliveWorker(SyncWorker):
         """One request from this connection; the connection is kept if it stays open."""
         req = None
         keep = False
+        self.serving = client
         self.busy_since = time.monotonic()
         if not self.request_began.is_set():
             self.request_began.set()
@@ -262,6 +295,7 @@ class KeepAliveWorker(SyncWorker):
             self.handle_error(req, client, state.addr, error)
         finally:
             self.busy_since = None
+            self.serving = None
         if keep:
             try:
                 while req.body.read(8192):  # what the app left unread, so the next request starts clean
