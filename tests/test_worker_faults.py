@@ -10,17 +10,18 @@ whether the job keeps serving, and what the restart counters say.
 from __future__ import annotations
 
 import os
+import signal
 import threading
-from typing import List
+from typing import Callable, List
 
 import requests
 
 from test_metrics import metrics_env, parse, scrape, value
-from test_serve import eventually, host_pid, serve  # noqa: F401 (fixture)
+from test_serve import children_of, eventually, host_pid, in_flight, serve  # noqa: F401 (fixture)
 
 # A handler whose faults are chosen by the request.
 FAULTY_MODEL = """
-import os, time
+import ctypes, os, time, uuid
 
 BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,6 +29,14 @@ def model_fn(model_dir):
     return "model"
 
 def predict_fn(data, model):
+    if isinstance(data, dict) and data.get("native_call_holding_the_gil"):
+        # A native call that never releases the GIL (PyDLL keeps it), blocked until the test
+        # writes a byte into the FIFO: no thread of this worker runs meanwhile.
+        os.makedirs(os.path.join(BASE, "inflight"), exist_ok=True)
+        open(os.path.join(BASE, "inflight", uuid.uuid4().hex), "w").close()
+        fd = os.open(os.path.join(BASE, "gate.fifo"), os.O_RDWR)
+        ctypes.PyDLL(None).read(fd, ctypes.create_string_buffer(1), 1)
+        return {"released": True}
     if isinstance(data, dict) and "exit" in data:
         os._exit(data["exit"])
     if isinstance(data, dict) and data.get("fork_a_daemon_and_die"):
@@ -125,3 +134,148 @@ def test_a_daemon_forked_by_the_handler_does_not_keep_nginx_waiting(serve):
     assert _concurrently(server, clients=8, each=6) == [200] * 48
     eventually(lambda: value(parse(scrape(port)), "smsuper_worker_restarts_total") == 1,
                "the dead worker to be counted")
+
+
+def test_every_worker_killed_costs_no_request_sent_afterwards(serve):
+    """Both workers killed while they keep idle connections: nothing of theirs (their guards'
+    copies included) may keep one open, or nginx sends the next request into it and waits."""
+    server, _ = _serving(serve)
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    old = _workers(server)
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    eventually(lambda: len(set(_workers(server)) - set(old)) >= 2, "two new workers")
+    server.wait_ready()
+    assert [server.post([n]).status_code for n in range(40)] == [200] * 40
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+
+
+def _answered_while(server, clients: int, each: int, cannot_run: Callable[[], bool],
+                    release: Callable[[], None]) -> List[int]:
+    """_concurrently's statuses, all collected while a worker cannot run; then `release` it."""
+    box: List[List[int]] = []
+    sender = threading.Thread(target=lambda: box.append(_concurrently(server, clients, each)), daemon=True)
+    sender.start()
+    sender.join(150)  # a safety net: a request stuck on the worker that cannot run waits for it
+    finished_first = not sender.is_alive() and cannot_run()
+    release()
+    sender.join(300)
+    assert finished_first, "requests waited for the worker that could not run"
+    return box[0]
+
+
+def _workers(server) -> List[int]:
+    master = server.gunicorn_master()
+    eventually(lambda: len(children_of(master)) == 2, "two workers")
+    return children_of(master)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def _nginx_connections(pid: int) -> int:
+    """How many of nginx's connections to gunicorn's socket this worker holds (/proc/net/unix
+    names the socket an accepted connection came from)."""
+    inodes = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    # Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+    return sum(1 for row in rows if len(row) >= 8 and row[5] == "03" and int(row[6]) in inodes
+               and row[7].endswith("/gunicorn.sock"))
+
+
+def _holds_a_lock(pid: int) -> bool:
+    """Whether the process holds a POSIX record lock: a keep-alive worker does while it serves a
+    request (a worker stopped then keeps that one connection, and its request waits for it)."""
+    with open("/proc/locks") as locks:
+        return any(line.split()[1:2] == ["POSIX"] and line.split()[4] == str(pid) for line in locks)
+
+
+# Long enough that neither nginx (504) nor gunicorn (killing the worker) gives up on a
+# request that waits for the stopped worker before the test's safety net does.
+PATIENT = "300"
+
+
+def test_a_stopped_worker_keeps_no_request_waiting(serve):
+    """SIGSTOP one worker: nothing of it runs, not even the thread that hands its idle
+    connections over. Requests nginx sends on those connections are answered by the
+    other worker, all of them before the stopped one is continued."""
+    server, _ = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT=PATIENT)
+    stopped = 0
+    for _ in range(20):  # until the worker is stopped between requests, holding idle connections
+        assert _concurrently(server, clients=8, each=4) == [200] * 32
+        stopped = max(_workers(server), key=_nginx_connections)
+        os.kill(stopped, signal.SIGSTOP)
+        eventually(lambda: _state(stopped) == "T", "the worker to be stopped")
+        if _nginx_connections(stopped) > 0 and not _holds_a_lock(stopped):
+            break
+        os.kill(stopped, signal.SIGCONT)
+    assert _nginx_connections(stopped) > 0 and not _holds_a_lock(stopped), "no worker idle with connections"
+    statuses = _answered_while(server, clients=8, each=10, cannot_run=lambda: _state(stopped) == "T",
+                               release=lambda: os.kill(stopped, signal.SIGCONT))
+    assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
+    assert "has not run for over" in server.stderr()
+    # Continued, the worker forgets the connections it lost and serves on.
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    assert stopped in _workers(server)
+    assert server.terminate() == 0
+
+
+def test_a_native_call_holding_the_gil_keeps_no_request_waiting(serve):
+    """The same with a worker busy in a native call that holds the GIL: its own watchdog
+    thread cannot run, so the hand-over must come from outside the worker."""
+    server, _ = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT=PATIENT)
+    os.mkfifo(server.base / "gate.fifo")
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+    answers: List[requests.Response] = []
+    holder = threading.Thread(target=lambda: answers.append(server.post({"native_call_holding_the_gil": True})),
+                              daemon=True)
+    holder.start()
+    eventually(lambda: in_flight(server.base) == 1, "the native call to begin")
+
+    def release() -> None:
+        fd = os.open(server.base / "gate.fifo", os.O_RDWR)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    statuses = _answered_while(server, clients=8, each=10, cannot_run=holder.is_alive, release=release)
+    assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
+    holder.join(300)
+    assert answers and answers[0].json() == {"released": True}
+    assert _concurrently(server, clients=8, each=4) == [200] * 32
+
+
+def test_an_answer_whose_headers_nginx_cannot_hold_runs_once_and_is_a_502(serve):
+    """nginx reads an answer's headers into one 64 KiB buffer and calls a larger header
+    "invalid", the very answer that makes it resend a request a guard took back. The
+    worker must never give it one: the model's code runs once and the client gets a 502."""
+    server, _ = _serving(serve, code="""
+        import os
+
+        BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+        def model_fn(model_dir):
+            return "model"
+
+        def predict_fn(data, model, context):
+            if data == {"huge_header": True}:
+                with open(os.path.join(BASE, "ran"), "a") as handle:
+                    handle.write("ran\\n")
+                context.set_custom_attributes("a" * 70000)
+            return data
+    """)
+    answer = server.post({"huge_header": True})
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]
+    assert (server.base / "ran").read_text() == "ran\n"
+    assert "more than the" in server.stderr()
+    assert server.post([1]).json() == [1]

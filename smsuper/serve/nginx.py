@@ -14,7 +14,9 @@ unprivileged user. The routes are exact:
 Every error nginx makes itself is a short JSON body too, never its HTML page
 (NGINX_ERRORS: 400 malformed, 404, 405 wrong method with its Allow header,
 413 body too large, 414, 431 headers too large, 501, 502 worker died, 504 too
-slow, 505, ...); the app's own 4xx/5xx pass untouched. nginx refuses a wrong
+slow, 505, ...); the app's own 4xx/5xx pass untouched. A request is sent again
+to another worker only when a worker's guard took its connection back, unread,
+because the worker does not run (rescue.py). nginx refuses a wrong
 method on the platform's routes itself (routes.METHODS), so what it passes on
 is always a request a worker is meant to answer; gunicorn's own limits sit
 above nginx's (gunicorn_app.py), so its HTML error pages are out of reach.
@@ -52,6 +54,10 @@ PROXY_BUFFER = 64 * 1024
 # longer, so nginx always closes first. Short, because a retiring worker waits for it.
 UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
+# The gunicorn socket is listed this many times: nginx tries each entry at most once, and a
+# request a guard took back from a worker that does not run (rescue.py) needs a second try,
+# a third if that one lands on another taken-back connection too.
+UPSTREAM_TRIES = 3
 # nginx's buffer for the request line and for each header line, which it must hold whole with
 # its line end (so a line holds 8188 bytes): gunicorn reads request lines of at most 8190
 # bytes, its hard maximum, so nginx's limit is the one a client meets.
@@ -194,6 +200,7 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     upstream_keepalive_timeout = (
         f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT}s;\n" if nginx_version >= (1, 15, 3) else ""
     )
+    upstream_servers = f"        server unix:{runtime.socket} max_fails=0;\n" * UPSTREAM_TRIES
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
     )
@@ -249,8 +256,7 @@ http {{
     large_client_header_buffers {HEADER_BUFFERS} {HEADER_BUFFER};
 
     upstream {UPSTREAM} {{
-        server unix:{runtime.socket} max_fails=0;
-        keepalive 64;
+{upstream_servers}        keepalive 64;
 {upstream_keepalive_timeout}    }}
 
     server {{
@@ -265,8 +271,10 @@ http {{
         proxy_read_timeout {config.timeout}s;
         proxy_buffer_size {PROXY_BUFFER};
         proxy_buffers {proxy_buffers} {PROXY_BUFFER};
-        # A POST that already reached a worker is never sent again.
-        proxy_next_upstream off;
+        # A POST that already reached a worker is never sent again. The invalid header is what
+        # a worker's guard answers for a request no worker has read (a stuck worker's idle
+        # connection it took back): that one goes to another worker.
+        proxy_next_upstream invalid_header non_idempotent;
 
 {_error_pages("        ")}
         location = /ping {{
