@@ -69,7 +69,7 @@ def scrape(port: int) -> str:
 
 def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
     """The scrape once `metric` shows `expected`: a worker publishes its counts and timings
-    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/serving.py)."""
+    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/worker/serving.py)."""
     eventually(lambda: value(parse(scrape(port)), metric, **labels) == expected,
                f"{metric}{labels} to be published as {expected}")
     return parse(scrape(port))
@@ -247,7 +247,7 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
         assert value(samples, "smsuper_child_start_time_seconds", role=role) > time.time() - 3600
         assert value(samples, "smsuper_child_cpu_seconds_total", role=role) >= 0
     # The master, both workers (the master forks the second one up to 0.1 s after the first) and
-    # each worker's guard (serve/rescue.py).
+    # each worker's guard (serve/worker/rescue.py).
     eventually(lambda: value(parse(scrape(port)), "smsuper_child_processes", role="gunicorn") == 5,
                "the gunicorn tree: master, two workers and their guards")
     assert value(samples, "smsuper_init_resident_memory_bytes") > 0

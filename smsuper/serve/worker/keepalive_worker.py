@@ -58,7 +58,7 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
-from .nginx import PROXY_BUFFER
+from ..nginx import PROXY_BUFFER
 from .rescue import NOTIFY_EVERY, Guard, Locks
 
 # A request running this long hands the worker's idle connections to the others.

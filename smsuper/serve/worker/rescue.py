@@ -42,7 +42,6 @@ nginx whoever else holds a copy.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import gc
 import os
@@ -54,7 +53,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Set
 
-from .. import log, titles
+from ... import log, titles
+from ...init import capabilities
 
 # A worker that has not touched its heartbeat this long is stopped or stuck (an idle
 # worker touches it every NOTIFY_EVERY; a busy one has handed its idle connections over
@@ -68,7 +68,6 @@ TAKEN_BACK = b"HTTP/1.1 503 Service Unavailable\r\nsmsuper worker not running re
 # A taken-back connection nginx has not closed after this long is shut down anyway.
 TAKEN_BACK_LIMIT = 10.0
 TITLE = "gunicorn: worker guard [smsuper serve]"
-PR_SET_PDEATHSIG = 1
 _ADD, _FORGET = b"+", b"-"
 _BATCH = 64  # descriptors or inode numbers per message
 
@@ -191,7 +190,7 @@ def _guard_main(channel_fd: int, heartbeat_fd: int, lock_fd: int, worker: int) -
             signal.signal(number, signal.SIG_IGN if number == signal.SIGPIPE else signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    capabilities.die_with_parent(signal.SIGKILL)
     if os.getppid() != worker:
         return  # the worker died before the line above
     gc.disable()  # the guard allocates little; a collection would touch (copy) the worker's pages
