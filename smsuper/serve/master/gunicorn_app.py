@@ -246,9 +246,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
     def post_worker_init(worker: Any) -> None:
         if _heartbeat is not None:
             _heartbeat.done.set()
-        _mark_booted(worker)
         if _service is not None and _service.ready and os.getppid() == worker.ppid:
             readiness.mark_ready(runtime, os.getpid())
+        _mark_booted(worker)  # last: a failure above is still a failure to boot
 
     exited: Deque[Tuple[Any, bool]] = deque()
     busy = [False]

@@ -302,8 +302,14 @@ class _Rescuer:
     def _take_back(self) -> None:
         try:
             held = _socket_inodes(self.worker)
-        except OSError:
-            return  # the worker is exiting (or /proc is hidden: nothing can be taken back safely)
+        except FileNotFoundError:
+            return  # the worker is exiting
+        except OSError as error:
+            if not self.told:
+                self.told = True
+                log.warning(f"worker {self.worker} has not run for over {STUCK_AFTER} s, but its guard cannot "
+                            f"read /proc/{self.worker}/fd ({error.strerror}): its idle connections wait for it")
+            return
         for inode in [inode for inode in self.copies if inode not in held and inode not in self.taken]:
             self._drop(inode)  # given away or closed while the message was on its way
         taken = 0
