@@ -67,6 +67,9 @@ TICK = 0.1  # how often the guard looks again while its worker is stuck
 TAKEN_BACK = b"HTTP/1.1 503 Service Unavailable\r\nsmsuper worker not running resend\r\n\r\n"
 # A taken-back connection nginx has not closed after this long is shut down anyway.
 TAKEN_BACK_LIMIT = 10.0
+# How long the guard waits for nginx to close the idle connections it answered before it
+# answers the ones holding a request (normally nginx closes them within a millisecond).
+SETTLE = 0.3
 TITLE = "gunicorn: worker guard [smsuper serve]"
 _ADD, _FORGET = b"+", b"-"
 _BATCH = 64  # descriptors or inode numbers per message
@@ -74,6 +77,15 @@ _BATCH = 64  # descriptors or inode numbers per message
 
 def _inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
+
+
+def _has_unread(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # broken: answer it like a waiting one (nginx sees the error either way)
 
 
 def _discard_unread(sock: socket.socket) -> None:
@@ -232,6 +244,8 @@ class _Rescuer:
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
         self.told = False  # logged for this stuck spell
+        self.settling: Set[int] = set()  # idle connections answered, until nginx has closed them
+        self.settled_by = 0.0
         self.next_look = 0.0
 
     def run(self) -> None:
@@ -299,6 +313,26 @@ class _Rescuer:
             # Only now may the worker that lost it look at it again (it finds it closed).
             fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, inode)
 
+    def _answer(self, inodes: List[int], now: float) -> int:
+        answered = 0
+        for inode in inodes:
+            sock = self.copies[inode]
+            try:
+                fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, inode)
+            except OSError:
+                continue  # the worker is in the middle of a request on it
+            _discard_unread(sock)  # the request nobody read: nginx sends it again
+            try:
+                sock.send(TAKEN_BACK, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError:
+                pass
+            # Not shut down yet: nginx may be writing a request into it this very moment, and a
+            # write that fails would be a 502 instead of a resend. nginx closes it once it has
+            # read the answer; until then the guard keeps the lock, so the worker reads nothing.
+            self.taken[inode] = now
+            answered += 1
+        return answered
+
     def _take_back(self) -> None:
         try:
             held = _socket_inodes(self.worker)
@@ -312,24 +346,18 @@ class _Rescuer:
             return
         for inode in [inode for inode in self.copies if inode not in held and inode not in self.taken]:
             self._drop(inode)  # given away or closed while the message was on its way
-        taken = 0
-        for inode, sock in self.copies.items():
-            if inode in self.taken:
-                continue
-            try:
-                fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, inode)
-            except OSError:
-                continue  # the worker is in the middle of a request on it
-            _discard_unread(sock)  # the request nobody read: nginx sends it again
-            try:
-                sock.send(TAKEN_BACK, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-            except OSError:
-                pass
-            # Not shut down yet: nginx may be writing a request into it this very moment, and a
-            # write that fails would be a 502 instead of a resend. nginx closes it once it has
-            # read the answer; until then the guard keeps the lock, so the worker reads nothing.
-            self.taken[inode] = time.monotonic()
-            taken += 1
+        # Idle ones first, requests waiting in them only once nginx has closed those: a request
+        # nginx sends again takes a connection from its cache, and one answered but not yet
+        # closed there would fail that try too (nginx tries UPSTREAM_TRIES times).
+        idle = [inode for inode in self.copies if inode not in self.taken and not _has_unread(self.copies[inode])]
+        waiting = [inode for inode in self.copies if inode not in self.taken and inode not in idle]
+        now = time.monotonic()
+        taken = self._answer(idle, now)
+        if taken:
+            self.settling = set(self.taken)
+            self.settled_by = now + SETTLE
+        if waiting and (now >= self.settled_by or not self.settling & set(self.taken)):
+            taken += self._answer(waiting, now)
         if taken and not self.told:
             self.told = True
             log.warning(f"worker {self.worker} has not run for over {STUCK_AFTER} s (stopped, or a native call "
