@@ -27,8 +27,8 @@ exec (a helper, a multiprocessing pool) would otherwise keep copies of them
 on connections nobody serves until its timeout (504 instead of 502), and
 requests sent on the dead worker's idle connections wait too. So the forked
 child closes, first thing, every socket of the worker's: the listener, the
-kept connections, the one being served and the hand-over pair
-(os.register_at_fork; a fork made by native code runs no Python hook).
+kept connections, the one being served, the hand-over pair and the guard's
+channel (os.register_at_fork; a fork made by native code runs no Python hook).
 
 The worker never closes an idle connection nginx may use: a POST that meets a
 closing connection is a 502 (nginx does not resend a POST). nginx closes idle
