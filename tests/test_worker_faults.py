@@ -14,6 +14,7 @@ import signal
 import threading
 from typing import Callable, List
 
+import pytest
 import requests
 
 from test_metrics import metrics_env, parse, scrape, value
@@ -120,10 +121,11 @@ def test_exit_3_while_the_model_loads_is_still_a_server_that_cannot_start(serve)
     assert "gunicorn keeps failing" in logged
 
 
-def test_a_daemon_forked_by_the_handler_does_not_keep_nginx_waiting(serve):
+@pytest.mark.parametrize("threads", ["1", "2"], ids=["keep-alive worker", "gthread worker"])
+def test_a_daemon_forked_by_the_handler_does_not_keep_nginx_waiting(serve, threads):
     """The user's code forks (no exec) and its worker dies: the child must hold none of
     the worker's connections, or nginx waits on them for the whole timeout (504)."""
-    server, port = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="30")
+    server, port = _serving(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="30", SMSUPER_WORKER_THREADS=threads)
     # Concurrent traffic first, so that both workers keep idle connections nginx will reuse.
     assert _concurrently(server, clients=8, each=4) == [200] * 32
     died = server.post({"fork_a_daemon_and_die": True})

@@ -26,6 +26,11 @@ loop. User code may exit with any code, so that meaning is kept only for a
 worker that never finished booting: post_worker_init marks the worker's
 heartbeat file (a mode bit the master can fstat), and a marked worker's 3 or 4
 is an ordinary dead worker, replaced and counted like one.
+
+A process the user's code forks from a worker (without exec) keeps none of
+gunicorn's sockets: the keep-alive worker closes its own in such a child, and
+for the other worker classes an at-fork hook blanks every socket named by the
+listener's address (the listener and the connections it accepted).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -144,6 +150,47 @@ def _reaped(pid: int) -> bool:
     return False
 
 
+def _listener_names(worker: Any) -> set:
+    names = set()
+    for listener in worker.sockets:
+        try:
+            names.add(listener.getsockname())
+        except OSError:
+            pass
+    return names
+
+
+def _blank_server_sockets(names: set) -> None:
+    """In a process the user's code forked from a worker: gunicorn's sockets (the listener and
+    every connection it accepted, all named by the listener's address) must not live on in it,
+    or nginx waits on a dead worker's connections until its timeout. Each becomes /dev/null
+    rather than a free number: objects of the worker's in this copy of its memory may still
+    close their number later, which must not hit a file the child opened since."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for fd in fds:
+        if fd == null:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            name = sock.getsockname()
+        except OSError:
+            name = None
+        finally:
+            sock.detach()
+        if name in names:
+            os.dup2(null, fd)
+    os.close(null)
+
+
 def _nginx_running(pidfile: str) -> bool:
     try:
         with open(pidfile) as handle:
@@ -240,6 +287,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
+        if not hasattr(worker, "hand_over"):  # the keep-alive worker cleans its own children, and more
+            names = _listener_names(worker)
+            os.register_at_fork(after_in_child=lambda: _blank_server_sockets(names))
         _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
         _heartbeat.start()
 
