@@ -101,6 +101,7 @@ def test_a_handler_exiting_3_or_4_costs_its_worker_not_the_server(serve):
                "each dead worker to be counted as a worker restart")
     samples = parse(scrape(port))
     assert value(samples, "smsuper_child_restarts_total", role="gunicorn") == 0
+    eventually(lambda: "exited with code 4 after it had booted" in server.stderr(), "the last exit in the log")
     logged = server.stderr()
     assert "Worker failed to boot" not in logged and "App failed to load" not in logged
     assert "exited with code 3 after it had booted" in logged
@@ -225,7 +226,7 @@ def test_a_stopped_worker_keeps_no_request_waiting(serve):
     statuses = _answered_while(server, clients=8, each=10, cannot_run=lambda: _state(stopped) == "T",
                                release=lambda: os.kill(stopped, signal.SIGCONT))
     assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
-    assert "has not run for over" in server.stderr()
+    eventually(lambda: "has not run for over" in server.stderr(), "the guard's warning in the log")
     # Continued, the worker forgets the connections it lost and serves on.
     assert _concurrently(server, clients=8, each=4) == [200] * 32
     assert stopped in _workers(server)
@@ -279,5 +280,6 @@ def test_an_answer_whose_headers_nginx_cannot_hold_runs_once_and_is_a_502(serve)
     assert answer.status_code == 502, answer.text
     assert answer.json()["error"]
     assert (server.base / "ran").read_text() == "ran\n"
-    assert "more than the" in server.stderr()
+    # The worker's line reaches the log through PID 1's relay, maybe after the client's answer.
+    eventually(lambda: "more than the" in server.stderr(), "the worker to say why it closed the connection")
     assert server.post([1]).json() == [1]
