@@ -316,11 +316,17 @@ class _Rescuer:
     def _answer(self, inodes: List[int], now: float) -> int:
         answered = 0
         for inode in inodes:
-            sock = self.copies[inode]
             try:
                 fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, inode)
             except OSError:
                 continue  # the worker is in the middle of a request on it
+            # The worker says it gave a connection away before it unlocks it: what it said is
+            # in the channel by now (a bidirectional stream's connection is never answered).
+            self._receive()
+            sock = self.copies.get(inode)
+            if sock is None:
+                fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, inode)
+                continue
             _discard_unread(sock)  # the request nobody read: nginx sends it again
             try:
                 sock.send(TAKEN_BACK, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
