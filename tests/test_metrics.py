@@ -246,9 +246,10 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
         assert value(samples, "smsuper_child_resident_memory_bytes", role=role) > 1_000_000
         assert value(samples, "smsuper_child_start_time_seconds", role=role) > time.time() - 3600
         assert value(samples, "smsuper_child_cpu_seconds_total", role=role) >= 0
-    # The master and both workers (the master forks the second one up to 0.1 s after the first).
-    eventually(lambda: value(parse(scrape(port)), "smsuper_child_processes", role="gunicorn") == 3,
-               "the gunicorn tree: master and two workers")
+    # The master, both workers (the master forks the second one up to 0.1 s after the first) and
+    # each worker's guard (serve/worker/rescue.py).
+    eventually(lambda: value(parse(scrape(port)), "smsuper_child_processes", role="gunicorn") == 5,
+               "the gunicorn tree: master, two workers and their guards")
     assert value(samples, "smsuper_init_resident_memory_bytes") > 0
     build = [labels for (name, labels) in samples if name == "smsuper_build_info"]
     assert len(build) == 1 and dict(build[0])["python"] == sys.version.split()[0]

@@ -18,7 +18,9 @@ unprivileged user. The locations come from the route table (routes.py):
 Every error nginx makes itself is a short JSON body too, never its HTML page
 (NGINX_ERRORS: 400 malformed, 404, 405 wrong method with its Allow header,
 413 body too large, 414, 431 headers too large, 501, 502 worker died, 504 too
-slow, 505, ...); the app's own 4xx/5xx pass untouched. nginx refuses a wrong
+slow, 505, ...); the app's own 4xx/5xx pass untouched. A request is sent again
+to another worker only when a worker's guard took its connection back, unread,
+because the worker does not run (worker/rescue.py). nginx refuses a wrong
 method on the platform's routes itself (each row's methods), so what it passes on
 is always a request a worker is meant to answer; gunicorn's own limits sit
 above nginx's (master/gunicorn_app.py), so its HTML error pages are out of reach.
@@ -53,6 +55,10 @@ from .runtime import NGINX_TEMP_KINDS, RuntimeDir
 MEMORY_BUFFER_CAP = 16 * 1024 * 1024  # beyond this, large batch-transform bodies spool to disk
 PROXY_BUFFER = 64 * 1024
 UPSTREAM = "smsuper_model"
+# The gunicorn socket is listed this many times: nginx tries each entry at most once, and a
+# request a guard took back from a worker that does not run (worker/rescue.py) needs a second try,
+# a third if that one lands on another taken-back connection too.
+UPSTREAM_TRIES = 3
 # How long a bidirectional stream (an upgraded row) may pass no byte either way before nginx
 # closes it: the platform pings every 60 s, so a live stream never gets near it.
 STREAM_IDLE_TIMEOUT = 3600
@@ -257,6 +263,7 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
     upstream_keepalive_timeout = (
         f"        keepalive_timeout {timeouts.UPSTREAM_KEEPALIVE}s;\n" if nginx_version >= (1, 15, 3) else ""
     )
+    upstream_servers = f"        server unix:{runtime.socket} max_fails=0;\n" * UPSTREAM_TRIES
     temp_paths = "".join(
         f"    {kind}_temp_path {runtime.nginx_temp(kind)};\n" for kind in NGINX_TEMP_KINDS
     )
@@ -312,8 +319,7 @@ http {{
     large_client_header_buffers {HEADER_BUFFERS} {HEADER_BUFFER};
 
     upstream {UPSTREAM} {{
-        server unix:{runtime.socket} max_fails=0;
-        keepalive 64;
+{upstream_servers}        keepalive 64;
 {upstream_keepalive_timeout}    }}
 
     server {{
@@ -328,8 +334,10 @@ http {{
         proxy_read_timeout {config.timeout}s;
         proxy_buffer_size {PROXY_BUFFER};
         proxy_buffers {proxy_buffers} {PROXY_BUFFER};
-        # A POST that already reached a worker is never sent again.
-        proxy_next_upstream off;
+        # A POST that already reached a worker is never sent again. The invalid header is what
+        # a worker's guard answers for a request no worker has read (a stuck worker's idle
+        # connection it took back): that one goes to another worker.
+        proxy_next_upstream invalid_header non_idempotent;
 
 {_error_pages("        ")}
 {_route_locations(runtime)}        location = /_smsuper/ping-status {{

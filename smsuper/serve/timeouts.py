@@ -30,6 +30,11 @@ ROWS: Tuple[Tuple[str, str, str], ...] = (
     ("gunicorn `keepalive`", "5 s + 15 s",
      "longer than nginx's, so a worker never closes a connection nginx is about to reuse (a POST sent into "
      "a closing connection would be a 502)"),
+    ("a busy keep-alive worker hands its idle connections over", "after 50 ms of one request",
+     "no request nginx sends on them waits behind a long prediction"),
+    ("a worker's guard takes its connections back", "1 s without a heartbeat (beaten every 0.2 s)",
+     "a stopped worker, or one held in a native call, keeps no request waiting"),
+    ("a taken-back connection nginx has not closed", "10 s", "then the guard shuts it down itself"),
     ("nginx `worker_shutdown_timeout`", "G - 5, at least 1 s", "how long nginx drains on SIGTERM"),
     ("bidirectional streams after the stop", "G - 7, at least 0.5 s",
      "open streams finish, then close with 1001, before nginx (which holds them) gives up"),
@@ -44,6 +49,10 @@ UPSTREAM_CONNECT = 5
 WORKER_TIMEOUT_MARGIN = 5  # seconds gunicorn waits beyond nginx's 504 before killing a stuck worker
 UPSTREAM_KEEPALIVE = 5
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE + 15
+HAND_OVER_AFTER = 0.05  # worker/keepalive_worker.py
+GUARD_STUCK_AFTER = 1.0  # worker/rescue.py
+GUARD_HEARTBEAT = 0.2
+GUARD_TAKEN_BACK_LIMIT = 10.0
 
 
 def worker_timeout(request_timeout: int) -> int:

@@ -20,6 +20,18 @@ serving until nginx (which got SIGQUIT and finishes every request it holds)
 has exited, and only then stops its workers gracefully. Requests waiting in
 the socket's backlog are thus served, not reset. Workers get SIGTERM as their
 parent-death signal, so they never outlive a master killed with SIGKILL.
+
+gunicorn halts the whole server when a worker exits with 3 or 4 (its codes
+for "the worker could not boot" / "the app could not load"), to stop a crash
+loop. User code may exit with any code, so that meaning is kept only for a
+worker that never finished booting: post_worker_init marks the worker's
+heartbeat file (a mode bit the master can fstat), and a marked worker's 3 or 4
+is an ordinary dead worker, replaced and counted like one.
+
+A process the user's code forks from a worker (without exec) keeps none of
+gunicorn's sockets: the keep-alive worker closes its own in such a child, and
+for the other worker classes an at-fork hook blanks every socket named by the
+listener's address (the listener and the connections it accepted).
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -35,6 +49,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger
 
 from ... import log
@@ -59,6 +74,9 @@ BEHIND_NGINX: Dict[str, Any] = {
     "limit_request_field_size": 0,
     "secure_scheme_headers": {},
 }
+# Set on a worker's heartbeat file once it has booted: the file is shared with the master
+# (it fstat()s it for the timeout), and gunicorn (>= 20) never changes its mode itself.
+BOOTED_MARK = stat.S_IXUSR
 
 # The application state of this process (master with preload, or worker).
 _service: Any = None
@@ -105,6 +123,71 @@ class JsonLogger(Logger):
             handler.setFormatter(_JsonFormatter())
 
 
+def _mark_booted(worker: Any) -> None:
+    try:
+        fd = worker.tmp.fileno()
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | BOOTED_MARK)
+    except (OSError, ValueError):
+        pass  # unmarked, its exit 3 or 4 halts the server as gunicorn would: never a worse outcome
+
+
+def _had_booted(worker: Any) -> bool:
+    try:
+        return bool(os.fstat(worker.tmp.fileno()).st_mode & BOOTED_MARK)
+    except (OSError, ValueError):
+        return False
+
+
+def _reaped(pid: int) -> bool:
+    """Whether this child is gone for good: waited for already, not even a zombie any more."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def _listener_names(worker: Any) -> set:
+    names = set()
+    for listener in worker.sockets:
+        try:
+            names.add(listener.getsockname())
+        except OSError:
+            pass
+    return names
+
+
+def _blank_server_sockets(names: set) -> None:
+    """In a process the user's code forked from a worker: gunicorn's sockets (the listener and
+    every connection it accepted, all named by the listener's address) must not live on in it,
+    or nginx waits on a dead worker's connections until its timeout. Each becomes /dev/null
+    rather than a free number: objects of the worker's in this copy of its memory may still
+    close their number later, which must not hit a file the child opened since."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for fd in fds:
+        if fd == null:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            name = sock.getsockname()
+        except OSError:
+            name = None
+        finally:
+            sock.detach()
+        if name in names:
+            os.dup2(null, fd)
+    os.close(null)
+
+
 def _nginx_running(pidfile: str) -> bool:
     try:
         with open(pidfile) as handle:
@@ -141,6 +224,28 @@ class DrainingArbiter(Arbiter):
         left = config.stop_deadline - (time.monotonic() - received)
         self.cfg.set("graceful_timeout", max(1, int(left)))
         raise StopIteration
+
+    def reap_workers(self) -> None:
+        # gunicorn raises HaltServer for a worker that exited 3 or 4, right after waiting for
+        # it and before its bookkeeping. The worker it means is the one no longer a child:
+        # had it booted, finish its bookkeeping as gunicorn does for any dead worker, and go on
+        # reaping (other workers may have exited meanwhile).
+        while True:
+            try:
+                super().reap_workers()
+                return
+            except HaltServer as halt:
+                dead = [worker for pid, worker in self.WORKERS.items() if _reaped(pid)]
+                if len(dead) != 1 or not _had_booted(dead[0]):
+                    raise
+                worker = dead[0]
+                log.error(f"worker {worker.pid} exited with code {halt.exit_status} after it had booted: "
+                          f"the model's code ended the process (os._exit or exit()); replacing it like any "
+                          f"dead worker (gunicorn reads {halt.exit_status} as a boot failure only while a "
+                          f"worker boots)")
+                del self.WORKERS[worker.pid]
+                worker.tmp.close()
+                self.cfg.child_exit(self, worker)
 
     def stop(self, graceful: bool = True) -> None:
         # Workers reaped from here on are not replaced: not restarts (metrics).
@@ -186,6 +291,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
+        if not hasattr(worker, "hand_over"):  # the keep-alive worker cleans its own children, and more
+            names = _listener_names(worker)
+            os.register_at_fork(after_in_child=lambda: _blank_server_sockets(names))
         _heartbeat = Heartbeat(worker, timeouts.heartbeat_interval(config.timeout))
         _heartbeat.start()
         from ..worker import streaming
@@ -203,6 +311,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
             path = next(route.path for route in routes.TABLE if route.body == routes.UPGRADED)
             worker.streams = StreamServer(path, _service.stream_messages, config.streams_per_worker,
                                           config.max_payload_bytes, config.stream_stop_deadline)
+        _mark_booted(worker)  # last: a failure above is still a failure to boot
 
     exited: Deque[Tuple[Any, bool]] = deque()
     busy = [False]

@@ -17,13 +17,30 @@ worker keeps to the other workers: it passes their file descriptors into a
 datagram socket pair that all workers inherit from the master (SCM_RIGHTS), and
 whichever worker is free takes them, like the listener's backlog. Nothing is
 closed, so a request nginx is writing at that moment is not lost; it is served
-by the taker. (A model that holds the GIL for seconds without releasing it
-delays the watchdog as long.) A retiring worker (SMSUPER_MAX_REQUESTS, or a
+by the taker. (A model that holds the GIL without releasing it stops the
+watchdog too: see the guard below.) A retiring worker (SMSUPER_MAX_REQUESTS, or a
 stop) hands its connections over the same way and exits.
+
+Connections stay the worker's alone. A process the user's code forks without
+exec (a helper, a multiprocessing pool) would otherwise keep copies of them
+(close-on-exec does nothing there): a worker dying then leaves nginx waiting
+on connections nobody serves until its timeout (504 instead of 502), and
+requests sent on the dead worker's idle connections wait too. So the forked
+child closes, first thing, every socket of the worker's: the listener, the
+kept connections, the one being served, the hand-over pair and the guard's
+channel (os.register_at_fork; a fork made by native code runs no Python hook).
 
 The worker never closes an idle connection nginx may use: a POST that meets a
 closing connection is a 502 (nginx does not resend a POST). nginx closes idle
 connections itself, after its upstream keepalive_timeout.
+
+A worker that cannot run at all (stopped, or in a native call holding the
+GIL) cannot hand anything over: its guard process takes its idle connections
+back instead (rescue.py). For that the worker gives the guard a copy of each
+connection it gains and says which ones it hands over, locks a connection
+while it serves a request from it, touches its heartbeat at least every
+NOTIFY_EVERY when idle, and shuts a connection down when it closes it (the
+guard's copy would keep it open for nginx otherwise).
 
 A request that opens a bidirectional stream (a WebSocket upgrade, worker/websocket.py)
 is not served here: its connection goes to the worker's StreamServer, whose threads
@@ -46,23 +63,40 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
+from .. import timeouts
+from ..nginx import PROXY_BUFFER
+from .rescue import NOTIFY_EVERY, Guard, Locks
+
 # A request running this long hands the worker's idle connections to the others.
-HAND_OVER_AFTER = 0.05
+HAND_OVER_AFTER = timeouts.HAND_OVER_AFTER
 # Connections one worker keeps at most (nginx's own cache, `keepalive N`, bounds the total).
 MAX_KEPT = 64
 _FD_BATCH = 32  # descriptors per hand-over datagram
+# nginx reads an answer's status line and headers into one PROXY_BUFFER; gunicorn adds a few
+# of its own. Headers that do not fit are "an invalid header" to nginx, which then sends the
+# request to another worker (rescue.py needs that resend): the request would run again.
+HEADER_ROOM = PROXY_BUFFER - 1024
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def _header_bytes(resp: Any) -> int:
+    return len(resp.status) + sum(len(name) + len(value) + 4 for name, value in resp.headers)
 
 
 class _Kept:
     """A connection between requests: its parser (it may hold bytes already read) and origin."""
 
-    __slots__ = ("parser", "listener", "addr", "idle_since")
+    __slots__ = ("parser", "listener", "addr", "idle_since", "inode")
 
-    def __init__(self, parser: Any, listener: Any, addr: Any):
+    def __init__(self, parser: Any, listener: Any, addr: Any, inode: int):
         self.parser = parser
         self.listener = listener
         self.addr = addr
         self.idle_since = time.monotonic()
+        self.inode = inode  # the connection's name in every process (rescue.py's locks)
 
     def clean(self) -> bool:
         """Whether a fresh parser in another process could continue it: nothing read ahead
@@ -124,8 +158,20 @@ class HandOver:
                 taken.append(sock)
 
 
+def _shut(sock: socket.socket) -> None:
+    """Close a connection for good: the guard holds a copy, so close() alone would not end it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    util.close(sock)
+
+
 class KeepAliveWorker(SyncWorker):
     hand_over: Optional[HandOver] = None
+    locks: Optional[Locks] = None
+    locks_tried = False
+    guard: Optional[Guard] = None
     # This worker's bidirectional streams (a websocket.StreamServer, set by the master's
     # post_worker_init hook when the handler module has a stream_fn), and whether to stop them.
     streams: Any = None
@@ -133,12 +179,37 @@ class KeepAliveWorker(SyncWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # In the master, before the first fork: every worker inherits the same pair.
+        # In the master, before the first fork: every worker inherits the same pair and lock file.
         if KeepAliveWorker.hand_over is None:
             KeepAliveWorker.hand_over = HandOver()
+        if not KeepAliveWorker.locks_tried:
+            KeepAliveWorker.locks_tried = True
+            try:
+                KeepAliveWorker.locks = Locks(self.cfg.worker_tmp_dir)
+            except OSError as error:
+                self.log.warning("no lock file for taking connections back from a stopped worker (%s): "
+                                 "a worker that stops running keeps its idle connections waiting", error)
+
+    def init_process(self) -> None:
+        if self.locks is not None:
+            self.guard = Guard.start(self.tmp.fileno(), self.locks)
+        super().init_process()
+
+    def _claim(self, inode: int) -> bool:
+        return self.guard is None or self.locks is None or self.locks.claim(inode)
+
+    def _release(self, inode: int) -> None:
+        if self.guard is not None and self.locks is not None:
+            self.locks.release(inode)
+
+    def _gained(self, sock: socket.socket) -> int:
+        if self.guard is not None:
+            return self.guard.gained(sock)
+        return os.fstat(sock.fileno()).st_ino
 
     def run(self) -> None:
-        timeout = self.timeout or 0.5
+        # Idle, the worker still touches its heartbeat often: a stale one means "not running".
+        timeout = min(self.timeout or 0.5, NOTIFY_EVERY)
         for listener in self.sockets:
             listener.setblocking(0)
         if not isinstance(util.http_date, _DateHeader):
@@ -150,9 +221,12 @@ class KeepAliveWorker(SyncWorker):
         self.kept: Dict[socket.socket, _Kept] = {}
         self.kept_lock = threading.Lock()
         self.busy_since: Optional[float] = None
+        self.serving: Optional[socket.socket] = None  # the connection of the request being run
+        self.notified_at = 0.0
         self.next_stale_check = 0.0
         self.request_began = threading.Event()
         threading.Thread(target=self._watch, name="smsuper-hand-over", daemon=True).start()
+        os.register_at_fork(after_in_child=self._drop_connections_in_forked_child)
         hand_over = self.hand_over
         assert hand_over is not None
         while self.alive:
@@ -185,7 +259,8 @@ class KeepAliveWorker(SyncWorker):
                     with self.kept_lock:
                         for taken in hand_over.receive():
                             # A unix socket's peer has no address; gunicorn's own accept() says "" too.
-                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "")
+                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "",
+                                                     self._gained(taken))
                 elif sock == self.PIPE[0]:
                     try:
                         os.read(self.PIPE[0], 4096)
@@ -204,9 +279,32 @@ class KeepAliveWorker(SyncWorker):
             self.streams.stop_and_wait(self.notify)
         with self.kept_lock:
             for sock in self.kept:
-                util.close(sock)
+                _shut(sock)
             self.kept.clear()
 
+    def _drop_connections_in_forked_child(self) -> None:
+        """In a process forked by the user's code: none of the worker's sockets may live on in it.
+        No lock is taken: the thread that held one at the fork does not exist here."""
+        hand_over = self.hand_over
+        sockets: List[Any] = [*self.kept, self.serving]
+        if hand_over is not None:
+            sockets += [hand_over.give, hand_over.take]
+        if self.guard is not None:
+            self.guard.close_in_child()
+            self.guard = None
+        for sock in sockets:
+            if sock is not None:
+                try:
+                    os.close(sock.detach())  # detach: closed even if a file object still refers to it
+                except OSError:
+                    pass
+        self.kept = {}
+        self.serving = None
+        for listener in self.sockets:
+            try:
+                listener.close()
+            except OSError:
+                pass
     def handle_winch(self, sig: int, frame: Any) -> None:
         # A signal handler only records (the loop, woken by gunicorn's wakeup pipe, acts).
         self.stop_streams = True
@@ -230,10 +328,15 @@ class KeepAliveWorker(SyncWorker):
             if not self.kept or hand_over is None:
                 return
             movable = {sock: state for sock, state in self.kept.items() if state.clean()}
+            if not movable:
+                return
             for sock in movable:
                 del self.kept[sock]
+            if self.guard is not None:
+                self.guard.gave_away([state.inode for state in movable.values()])
             for sock in hand_over.offer(list(movable)):
                 self.kept[sock] = movable[sock]
+                self._gained(sock)  # it did not fit the queue: the guard gets it back
 
     def _accept(self, listener: Any) -> bool:
         """Serve the first request of a new connection; False when none was waiting."""
@@ -245,7 +348,7 @@ class KeepAliveWorker(SyncWorker):
             raise
         client.setblocking(1)
         util.close_on_exec(client)
-        self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr))
+        self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr, self._gained(client)))
         return True
 
     def _close_stale(self) -> None:
@@ -258,19 +361,27 @@ class KeepAliveWorker(SyncWorker):
         with self.kept_lock:
             for sock in [sock for sock, state in self.kept.items() if state.idle_since < limit]:
                 del self.kept[sock]
-                util.close(sock)
+                _shut(sock)
 
     def _serve(self, client: socket.socket, state: _Kept) -> None:
         """One request from this connection; the connection is kept if it stays open."""
         req = None
         keep = False
+        if not self._claim(state.inode):
+            util.close(client)  # its guard is taking it back (this worker did not run for a while)
+            return
+        self.serving = client
         self.busy_since = time.monotonic()
         if not self.request_began.is_set():
             self.request_began.set()
         try:
             req = next(state.parser)
             if self.streams is not None and self.streams.claims(req):
-                # The connection is the stream's from here on: neither kept nor closed by this loop.
+                # The connection is the stream's from here on: neither kept nor closed by this loop,
+                # nor ever taken back by the guard (told before the lock goes: rescue.py).
+                if self.guard is not None:
+                    self.guard.gave_away([state.inode])
+                self._release(state.inode)
                 self.streams.take(client, req, state.parser.unreader.buf.getvalue())
                 return
             keep = self._handle_request(state.listener, req, client, state.addr)
@@ -283,18 +394,25 @@ class KeepAliveWorker(SyncWorker):
             self.handle_error(req, client, state.addr, error)
         finally:
             self.busy_since = None
+            self.serving = None
         if keep:
             try:
                 while req.body.read(8192):  # what the app left unread, so the next request starts clean
                     pass
             except (OSError, http.errors.NoMoreData):
-                util.close(client)
-                return
-            state.idle_since = time.monotonic()
+                keep = False
+        now = time.monotonic()
+        if now - self.notified_at >= NOTIFY_EVERY:  # a pass serving many requests is not a stuck worker
+            self.notified_at = now
+            self.notify()
+        # At once: a worker stopped while it holds the lock keeps that connection from its guard.
+        self._release(state.inode)
+        if keep:
+            state.idle_since = now
             with self.kept_lock:
                 self.kept[client] = state
         else:
-            util.close(client)
+            _shut(client)
 
     def _handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> bool:
         """SyncWorker.handle_request, except the connection may stay open; returns whether it does."""
@@ -312,6 +430,8 @@ class KeepAliveWorker(SyncWorker):
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
             try:
+                if resp.status is not None and _header_bytes(resp) > HEADER_ROOM:
+                    raise _HeadersTooLarge(_header_bytes(resp))
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):
                     resp.write_file(respiter)
                 else:
@@ -326,10 +446,16 @@ class KeepAliveWorker(SyncWorker):
             return not resp.should_close()
         except OSError:
             raise
-        except Exception:
-            if resp and resp.headers_sent:
+        except Exception as error:
+            if isinstance(error, _HeadersTooLarge):
+                # Closed unanswered: nginx's 502, for a request that ran once.
+                self.log.error("the answer's status line and headers take %s bytes, more than the %s nginx "
+                               "reads (a header the model's code set, e.g. custom attributes, is too long): "
+                               "the client gets a 502", error.args[0], HEADER_ROOM)
+            elif resp and resp.headers_sent:
                 # The answer had begun: closing is the only way to tell nginx it is broken.
                 self.log.exception("Error handling request")
+            if isinstance(error, _HeadersTooLarge) or (resp and resp.headers_sent):
                 try:
                     client.shutdown(socket.SHUT_RDWR)
                 except OSError:
