@@ -166,10 +166,21 @@ def real_model(ctx: stacks.Context, profile: Profile, log: Callable[[str], None]
     CSV decoder and encoder), the seed-style stack with apps/seed/predictor_sklearn.py (pandas),
     the official toolkit with the same inference.py and its own default decoder and encoder.
     CSV requests of 1 and of 100 rows, Accept text/csv, 16 and 64 connections, in rounds as in
-    figure 1. Before measuring, each stack's answers to both bodies are compared."""
+    figure 1. Before measuring, each stack's answers to both bodies are compared. A diagnostic
+    beside it: what each stack's default CSV decoder and encoder cost per body, alone
+    (apps/codec_cost.py)."""
     python = ctx.needs_bench_python("the real-model figure")
     base = ctx.smsuper_base("sklearn")
-    bodies = {rows: (base / "bodies" / f"rows-{rows}.csv").read_text() for rows in MODEL_ROWS}
+    paths = {rows: base / "bodies" / f"rows-{rows}.csv" for rows in MODEL_ROWS}
+    bodies = {rows: path.read_text() for rows, path in paths.items()}
+    proc = subprocess.run([python, str(stacks.APPS / "codec_cost.py"), str(ctx.pyz)] + [str(p) for p in paths.values()],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    if proc.returncode == 0:
+        codec_cost = {int(name.split("-")[1].split(".")[0]): costs
+                      for name, costs in json.loads(proc.stdout.decode()).items()}
+    else:
+        codec_cost = {"error": proc.stderr.decode(errors="replace")[-300:]}
+    log(f"  default CSV codecs alone, µs per body: {codec_cost}")
     request = {"content_type": "text/csv", "accept": "text/csv"}
     running: List[stacks.Stack] = []
     try:
@@ -213,7 +224,7 @@ def real_model(ctx: stacks.Context, profile: Profile, log: Callable[[str], None]
         for stack in running:
             stack.stop()
     figures: Dict = {"model": "scikit-learn LogisticRegression, 20 features, joblib", "predictions_agree": agree,
-                     "cases": {}}
+                     "codec_cost_us": codec_cost, "cases": {}}
     for (rows, connections), per_stack in raw.items():
         entry: Dict = {name: _per_stack(runs, rows) for name, runs in per_stack.items()}
         entry["ratios"] = _round_ratios(per_stack, "rps", ["smsuper"])

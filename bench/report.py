@@ -278,6 +278,15 @@ def _real_model_rows(table: Table, model: Dict, names: Dict[str, str]) -> None:
     table.row("9", f"real model: {model.get('model', '')}; CSV in, CSV out", "",
               "predictions equal to smsuper's: " + ", ".join(f"{names.get(n, n)} {'yes' if ok else 'NO'}"
                                                              for n, ok in agree.items() if n != "smsuper"))
+    codecs = model.get("codec_cost_us", {})
+    if "error" in codecs:
+        table.row("9", "diagnostic: default CSV decode / encode alone", "error", codecs["error"][:160])
+    for rows, costs in ({} if "error" in codecs else codecs).items():
+        decode, encode = costs["decode_us"], costs["encode_us"]
+        table.row("9", f"diagnostic: default CSV decode / encode µs alone, {rows} row{'s' if int(rows) != 1 else ''}",
+                  f"{decode['smsuper']:,.0f} / {encode['smsuper']:,.0f}",
+                  " · ".join(f"{names.get(n, n)} {decode[n]:,.0f} / {encode[n]:,.0f}" for n in decode if n != "smsuper"),
+                  "(not judged: one process, no HTTP, no model)")
     for label, case in model["cases"].items():
         stats = {n: s for n, s in case.items() if isinstance(s, dict) and "rps" in s}
         mine = stats["smsuper"]
