@@ -45,7 +45,8 @@ class Profile:
     scrapes: int
     idle_seconds: float      # PID 1 wake-ups are counted over this long
     model_mib: int = 200
-    jvm_warmup_seconds: float = 15  # load on a JIT-compiled server (the toolkit's JVM) before it is measured
+    jvm_warmup_seconds: float = 15  # load on a JIT-compiled server (the toolkit's JVM) before it is measured,
+    jvm_warmup_max_seconds: float = 60  # ... and more, up to this, while its CPU per request still falls
     model_rounds: int = 3    # rounds of the real-model figure
 
 
@@ -53,7 +54,7 @@ FULL = Profile("full", runs=3, rounds=5, wrk_seconds=3, ping_seconds=4, warm_sta
                relay_mib=1024, relay_runs=7, version_runs=5, restarts=1000, scrapes=5, idle_seconds=2.0)
 QUICK = Profile("quick", runs=1, rounds=1, wrk_seconds=1, ping_seconds=1.5, warm_starts=1, cold_starts=1, sigterm_sleep=0.6,
                 relay_mib=32, relay_runs=1, version_runs=1, restarts=20, scrapes=1, idle_seconds=0.5, model_mib=50,
-                jvm_warmup_seconds=3, model_rounds=1)
+                jvm_warmup_seconds=3, jvm_warmup_max_seconds=3, model_rounds=1)
 
 
 def _invoke_a_few(port: int, count: int = 8) -> None:
@@ -83,10 +84,29 @@ def _cpu_of(pids: List[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def warm_up(stack: stacks.Stack, profile: Profile, **request: str) -> None:
-    """First requests, lazy imports, nginx's upstream connections; a JVM gets
-    profile.jvm_warmup_seconds of load so that its JIT has compiled the hot path."""
-    harness.wrk(stack.port, "/invocations", 16, profile.jvm_warmup_seconds if stack.jvm else 1, **request)
+JVM_WARMUP_STEP = 5.0  # seconds of load per step of a JVM's warm-up
+
+
+def warm_up(stack: stacks.Stack, profile: Profile, log: Callable[[str], None], **request: str) -> None:
+    """First requests, lazy imports, nginx's upstream connections. A JVM gets at least
+    profile.jvm_warmup_seconds of load, in steps, and more steps (up to
+    profile.jvm_warmup_max_seconds) while its CPU per request still falls by more than 5%
+    from one step to the next: its JIT compiles the hot path over the first tens of seconds,
+    and slower still when the machine is busy."""
+    if not stack.jvm:
+        harness.wrk(stack.port, "/invocations", 16, 1, **request)
+        return
+    spent, previous, trail = 0.0, None, []
+    while True:
+        step = min(JVM_WARMUP_STEP, profile.jvm_warmup_max_seconds - spent)
+        cost = measure_round(stack, 16, step, **request)["server_cpu_us_per_request"]
+        spent += step
+        trail.append(round(cost))
+        still_falling = previous is None or cost < 0.95 * previous
+        if spent >= profile.jvm_warmup_max_seconds or (spent >= profile.jvm_warmup_seconds and not still_falling):
+            break
+        previous = cost
+    log(f"  {stack.name}: JVM warm-up {spent:g} s, server CPU µs/request per {JVM_WARMUP_STEP:g} s step: {trail}")
 
 
 def measure_round(stack: stacks.Stack, connections: int, seconds: float, **request: str) -> Dict:
@@ -134,7 +154,7 @@ def throughput(named: Dict[str, stacks.Stack], profile: Profile, log: Callable[[
     round before their median is. Returns {connections: {stack: figures, "ratios": ...,
     "cpu_ratios": ...}}."""
     for stack in named.values():
-        warm_up(stack, profile)
+        warm_up(stack, profile, log)
     raw: Dict[int, Dict[str, List[Dict]]] = {c: {name: [] for name in named} for c in CONNECTIONS}
     order = list(named)
     for run in range(profile.rounds):
@@ -206,7 +226,7 @@ def real_model(ctx: stacks.Context, profile: Profile, log: Callable[[str], None]
                  for name, a in answers.items()}
         log(f"  predictions agree with smsuper's: {agree}")
         for stack in running:
-            warm_up(stack, profile, body=bodies[1], **request)
+            warm_up(stack, profile, log, body=bodies[1], **request)
         raw = {(rows, c): {name: [] for name in named} for rows in MODEL_ROWS for c in CONNECTIONS}
         order = list(named)
         for run in range(profile.model_rounds):
