@@ -187,7 +187,7 @@ def real_model(ctx: stacks.Context, profile: Profile, log: Callable[[str], None]
     the official toolkit with the same inference.py and its own default decoder and encoder.
     CSV requests of 1 and of 100 rows, Accept text/csv, 16 and 64 connections, in rounds as in
     figure 1. Before measuring, each stack's answers to both bodies are compared. A diagnostic
-    beside it: what each stack's default CSV decoder and encoder cost per body, alone
+    beside it: the CPU time each stack's default CSV decoder and encoder take per body, alone
     (apps/codec_cost.py)."""
     python = ctx.needs_bench_python("the real-model figure")
     base = ctx.smsuper_base("sklearn")

@@ -283,7 +283,7 @@ def _real_model_rows(table: Table, model: Dict, names: Dict[str, str]) -> None:
         table.row("9", "diagnostic: default CSV decode / encode alone", "error", codecs["error"][:160])
     for rows, costs in ({} if "error" in codecs else codecs).items():
         decode, encode = costs["decode_us"], costs["encode_us"]
-        table.row("9", f"diagnostic: default CSV decode / encode µs alone, {rows} row{'s' if int(rows) != 1 else ''}",
+        table.row("9", f"diagnostic: default CSV decode / encode, CPU µs alone, {rows} row{'s' if int(rows) != 1 else ''}",
                   f"{decode['smsuper']:,.0f} / {encode['smsuper']:,.0f}",
                   " · ".join(f"{names.get(n, n)} {decode[n]:,.0f} / {encode[n]:,.0f}" for n in decode if n != "smsuper"),
                   "(not judged: one process, no HTTP, no model)")
