@@ -185,8 +185,8 @@ def serving_figures(ctx: stacks.Context, profile: figures.Profile, results: Dict
         if toolkit is not None:
             named["official-toolkit"] = toolkit
         results["nginx_static_workers"] = nginx_workers  # as many as smsuper's nginx has
-        run_figure("throughput", "1. /invocations throughput (trivial model, 2 workers; the official toolkit after a JVM warm-up of at least "
-                   f"{profile.jvm_warmup_seconds:g} s)", results,
+        run_figure("throughput", "1. /invocations throughput (trivial model, 2 workers; the official toolkit after "
+                   f"a JVM warm-up of at least {profile.jvm_warmup_seconds:g} s)", results,
                    lambda: figures.throughput(named, profile, say))
         try:
             init = smsuper.roles()["init"][0]
