@@ -39,6 +39,10 @@ else
     log "making $BENCH_VENV from $("$PYTHON" --version 2>&1) with $REQUIREMENTS"
     # Readable by everyone: smsuper runs the workloads as nobody.
     $SUDO mkdir -p -m 0755 "$(dirname "$BENCH_VENV")"
+    if [ -e "$BENCH_VENV" ] && [ ! -f "$BENCH_VENV/pyvenv.cfg" ]; then
+        log "$BENCH_VENV exists and is not a venv: not replacing it (set BENCH_VENV elsewhere)"
+        exit 1
+    fi
     rm -rf "$BENCH_VENV"
     (umask 022 && "$PYTHON" -m venv "$BENCH_VENV")
     (umask 022 && PIP_ROOT_USER_ACTION=ignore "$BENCH_VENV/bin/python" -m pip install \
