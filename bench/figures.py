@@ -1,4 +1,4 @@
-"""The eight figures. Each function measures, repeats, and returns plain data.
+"""The figures. Each function measures, repeats, and returns plain data.
 
 Every figure keeps the value of each run and reports the median with its
 spread (min-max). None of them judges a bar: report.py does, from the data.
@@ -45,12 +45,16 @@ class Profile:
     scrapes: int
     idle_seconds: float      # PID 1 wake-ups are counted over this long
     model_mib: int = 200
+    jvm_warmup_seconds: float = 15  # load on a JIT-compiled server (the toolkit's JVM) before it is measured,
+    jvm_warmup_max_seconds: float = 60  # ... and more, up to this, while its CPU per request still falls
+    model_rounds: int = 3    # rounds of the real-model figure
 
 
 FULL = Profile("full", runs=3, rounds=5, wrk_seconds=3, ping_seconds=4, warm_starts=5, cold_starts=3, sigterm_sleep=1.5,
                relay_mib=1024, relay_runs=7, version_runs=5, restarts=1000, scrapes=5, idle_seconds=2.0)
 QUICK = Profile("quick", runs=1, rounds=1, wrk_seconds=1, ping_seconds=1.5, warm_starts=1, cold_starts=1, sigterm_sleep=0.6,
-                relay_mib=32, relay_runs=1, version_runs=1, restarts=20, scrapes=1, idle_seconds=0.5, model_mib=50)
+                relay_mib=32, relay_runs=1, version_runs=1, restarts=20, scrapes=1, idle_seconds=0.5, model_mib=50,
+                jvm_warmup_seconds=3, jvm_warmup_max_seconds=3, model_rounds=1)
 
 
 def _invoke_a_few(port: int, count: int = 8) -> None:
@@ -80,48 +84,177 @@ def _cpu_of(pids: List[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+JVM_WARMUP_STEP = 5.0  # seconds of load per step of a JVM's warm-up
+
+
+def warm_up(stack: stacks.Stack, profile: Profile, log: Callable[[str], None], **request: str) -> None:
+    """First requests, lazy imports, nginx's upstream connections. A JVM gets at least
+    profile.jvm_warmup_seconds of load, in steps, and more steps (up to
+    profile.jvm_warmup_max_seconds) while its CPU per request still falls by more than 5%
+    from one step to the next: its JIT compiles the hot path over the first tens of seconds,
+    and slower still when the machine is busy."""
+    if not stack.jvm:
+        harness.wrk(stack.port, "/invocations", 16, 1, **request)
+        return
+    spent, previous, trail = 0.0, None, []
+    while True:
+        step = min(JVM_WARMUP_STEP, profile.jvm_warmup_max_seconds - spent)
+        cost = measure_round(stack, 16, step, **request)["server_cpu_us_per_request"]
+        spent += step
+        trail.append(round(cost))
+        still_falling = previous is None or cost < 0.95 * previous
+        if spent >= profile.jvm_warmup_max_seconds or (spent >= profile.jvm_warmup_seconds and not still_falling):
+            break
+        previous = cost
+    log(f"  {stack.name}: JVM warm-up {spent:g} s, server CPU µs/request per {JVM_WARMUP_STEP:g} s step: {trail}")
+
+
+def measure_round(stack: stacks.Stack, connections: int, seconds: float, **request: str) -> Dict:
+    """One wrk run with the server CPU it cost: user + system time of every process of the
+    stack over the run, divided by the requests answered."""
+    pids = stack.processes()
+    before = _cpu_of(pids)
+    result = harness.wrk(stack.port, "/invocations", connections, seconds, **request)
+    spent = _cpu_of(pids) - before
+    result["server_cpu_us_per_request"] = spent * 1e6 / result["requests"] if result["requests"] else 0.0
+    return result
+
+
+def _per_stack(runs: List[Dict], rows: int = 1) -> Dict:
+    figure = {
+        "rps": summary([r["rps"] for r in runs], 0),
+        "p50_ms": summary([r["p50_ms"] for r in runs], 2),
+        "p99_ms": summary([r["p99_ms"] for r in runs], 2),
+        "server_cpu_us_per_request": summary([r["server_cpu_us_per_request"] for r in runs], 0),
+        "errors": sum(r["errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
+    if rows != 1:
+        figure["rows_per_s"] = summary([r["rps"] * rows for r in runs], 0)
+    return figure
+
+
+def _round_ratios(per_stack: Dict[str, List[Dict]], key: str, mine_names: List[str]) -> Dict:
+    """mine/other of `key`, taken within each round, then summarised; for each of mine_names
+    against every stack not of smsuper's own variants."""
+    ratios: Dict = {}
+    for mine_name in mine_names:
+        mine = [r[key] for r in per_stack[mine_name]]
+        for name, runs in per_stack.items():
+            if name != mine_name and not (mine_name != "smsuper" and name.startswith("smsuper")):
+                ratios[f"{mine_name}/{name}"] = summary(
+                    [m / o[key] if o[key] else 0.0 for m, o in zip(mine, runs)], 3)
+    return ratios
+
+
 def throughput(named: Dict[str, stacks.Stack], profile: Profile, log: Callable[[str], None]) -> Dict:
     """wrk on /invocations of every stack, in rounds: in each round every stack takes its turn
     (in an order rotated from round to round) right after the others, so a change in the
     machine's load hits all of them alike, and the ratios smsuper/baseline are taken within a
-    round before their median is. Returns {connections: {stack: figures, "ratios": ...}}."""
-    for name, stack in named.items():  # warm-up: first requests, lazy imports, nginx upstream connections
-        harness.wrk(stack.port, "/invocations", 16, 1)
+    round before their median is. Returns {connections: {stack: figures, "ratios": ...,
+    "cpu_ratios": ...}}."""
+    for stack in named.values():
+        warm_up(stack, profile, log)
     raw: Dict[int, Dict[str, List[Dict]]] = {c: {name: [] for name in named} for c in CONNECTIONS}
     order = list(named)
     for run in range(profile.rounds):
         for connections in CONNECTIONS:
             for name in order[run % len(order):] + order[:run % len(order)]:
-                pids = named[name].processes()
-                before = _cpu_of(pids)
-                result = harness.wrk(named[name].port, "/invocations", connections, profile.wrk_seconds)
-                spent = _cpu_of(pids) - before
-                result["server_cpu_us_per_request"] = spent * 1e6 / result["requests"] if result["requests"] else 0.0
+                result = measure_round(named[name], connections, profile.wrk_seconds)
                 raw[connections][name].append(result)
-                log(f"  round {run + 1} c={connections:<3} {name:<13} {result['rps']:9.0f} req/s  "
+                log(f"  round {run + 1} c={connections:<3} {name:<16} {result['rps']:9.0f} req/s  "
                     f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
                     f"server CPU {result['server_cpu_us_per_request']:5.0f} µs/request")
     figures: Dict = {}
     for connections, per_stack in raw.items():
-        entry: Dict = {
-            name: {
-                "rps": summary([r["rps"] for r in runs], 0),
-                "p50_ms": summary([r["p50_ms"] for r in runs], 2),
-                "p99_ms": summary([r["p99_ms"] for r in runs], 2),
-                "server_cpu_us_per_request": summary([r["server_cpu_us_per_request"] for r in runs], 0),
-                "errors": sum(r["errors"] for r in runs),
-                "requests": sum(r["requests"] for r in runs),
-            }
-            for name, runs in per_stack.items()
-        }
-        entry["ratios"] = {}
-        for mine_name in [n for n in per_stack if n.startswith("smsuper")]:
-            mine = [r["rps"] for r in per_stack[mine_name]]
-            for name, runs in per_stack.items():
-                if name != mine_name and not (mine_name != "smsuper" and name.startswith("smsuper")):
-                    entry["ratios"][f"{mine_name}/{name}"] = summary(
-                        [m / o["rps"] if o["rps"] else 0.0 for m, o in zip(mine, runs)], 3)
+        entry: Dict = {name: _per_stack(runs) for name, runs in per_stack.items()}
+        mine_names = [n for n in per_stack if n.startswith("smsuper")]
+        entry["ratios"] = _round_ratios(per_stack, "rps", mine_names)
+        entry["cpu_ratios"] = _round_ratios(per_stack, "server_cpu_us_per_request", ["smsuper"])
         figures[str(connections)] = entry
+    return figures
+
+
+# ---- 9. a real model: scikit-learn with the default handlers ---------------------------------
+
+MODEL_ROWS = (1, 100)
+
+
+def real_model(ctx: stacks.Context, profile: Profile, log: Callable[[str], None]) -> Dict:
+    """A logistic regression on 20 features (apps/make_sklearn_model.py), one model file read by
+    all three stacks: smsuper with apps/model_sklearn.py (model_fn, predict_fn; its default
+    CSV decoder and encoder), the seed-style stack with apps/seed/predictor_sklearn.py (pandas),
+    the official toolkit with the same inference.py and its own default decoder and encoder.
+    CSV requests of 1 and of 100 rows, Accept text/csv, 16 and 64 connections, in rounds as in
+    figure 1. Before measuring, each stack's answers to both bodies are compared. A diagnostic
+    beside it: the CPU time each stack's default CSV decoder and encoder take per body, alone
+    (apps/codec_cost.py)."""
+    python = ctx.needs_bench_python("the real-model figure")
+    base = ctx.smsuper_base("sklearn")
+    paths = {rows: base / "bodies" / f"rows-{rows}.csv" for rows in MODEL_ROWS}
+    bodies = {rows: path.read_text() for rows, path in paths.items()}
+    proc = subprocess.run([python, str(stacks.APPS / "codec_cost.py"), str(ctx.pyz)] + [str(p) for p in paths.values()],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    if proc.returncode == 0:
+        codec_cost = {int(name.split("-")[1].split(".")[0]): costs
+                      for name, costs in json.loads(proc.stdout.decode()).items()}
+    else:
+        codec_cost = {"error": proc.stderr.decode(errors="replace")[-300:]}
+    log(f"  default CSV codecs alone, µs per body: {codec_cost}")
+    request = {"content_type": "text/csv", "accept": "text/csv"}
+    running: List[stacks.Stack] = []
+    try:
+        named: Dict[str, stacks.Stack] = {}
+        for stack in (stacks.Smsuper(ctx, model="sklearn", python=python),
+                      stacks.Seed(ctx, model="sklearn", python=python),
+                      stacks.Toolkit(ctx, model="sklearn")):
+            running.append(stack.start())
+            named[stack.name] = stack
+        for stack in running:
+            stack.wait_ready(120)
+        answers: Dict[str, Dict[int, str]] = {}
+        for name, stack in named.items():
+            answers[name] = {}
+            for rows, body in bodies.items():
+                status, answer = harness.http_request(stack.port, "POST", "/invocations", body.encode(), timeout=60,
+                                                      **request)
+                if status != 200:
+                    raise BenchError(f"{name} answered {status} to a {rows}-row CSV request: {answer[:300]!r}")
+                answers[name][rows] = answer.decode(errors="replace")
+        reference = answers["smsuper"]
+        agree = {name: all(a[rows].split() == reference[rows].split() for rows in MODEL_ROWS)
+                 for name, a in answers.items()}
+        log(f"  predictions agree with smsuper's: {agree}")
+        for stack in running:
+            warm_up(stack, profile, log, body=bodies[1], **request)
+        raw = {(rows, c): {name: [] for name in named} for rows in MODEL_ROWS for c in CONNECTIONS}
+        order = list(named)
+        for run in range(profile.model_rounds):
+            for rows in MODEL_ROWS:
+                for connections in CONNECTIONS:
+                    for name in order[run % len(order):] + order[:run % len(order)]:
+                        result = measure_round(named[name], connections, profile.wrk_seconds, body=bodies[rows],
+                                               **request)
+                        raw[(rows, connections)][name].append(result)
+                        log(f"  round {run + 1} rows={rows:<3} c={connections:<3} {name:<16} {result['rps']:8.0f} "
+                            f"req/s {result['rps'] * rows:9.0f} rows/s  p50 {result['p50_ms']:6.2f} ms  "
+                            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
+                            f"server CPU {result['server_cpu_us_per_request']:5.0f} µs/request")
+    finally:
+        for stack in running:
+            stack.stop()
+    figures: Dict = {"model": "scikit-learn LogisticRegression, 20 features, joblib", "predictions_agree": agree,
+                     "codec_cost_us": codec_cost, "cases": {}}
+    for (rows, connections), per_stack in raw.items():
+        entry: Dict = {name: _per_stack(runs, rows) for name, runs in per_stack.items()}
+        entry["ratios"] = _round_ratios(per_stack, "rps", ["smsuper"])
+        peers = [n for n in per_stack if n != "smsuper"]
+        entry["ratios"]["smsuper/best peer"] = summary(
+            [mine["rps"] / max(per_stack[n][i]["rps"] for n in peers) if max(per_stack[n][i]["rps"] for n in peers)
+             else 0.0 for i, mine in enumerate(per_stack["smsuper"])], 3)
+        entry["cpu_ratios"] = _round_ratios(per_stack, "server_cpu_us_per_request", ["smsuper"])
+        label = f"{rows} row{'s' if rows != 1 else ''}, {connections} conns"
+        figures["cases"][label] = {"rows": rows, "connections": connections, **entry}
     return figures
 
 
@@ -197,21 +330,29 @@ def start_and_memory(ctx: stacks.Context, profile: Profile, log: Callable[[str],
 
     smsuper warm: the pyz's cache already holds this build (every start after the first).
     smsuper cold: a new, empty cache directory, so the first start extracts and compiles.
+    The time to the first /invocations 200 is taken too: the official toolkit's /ping
+    answers 200 before its workers have loaded the model.
     """
     results: Dict = {}
     kinds = [("smsuper", profile.warm_starts, lambda: stacks.Smsuper(ctx)),
              ("smsuper-cold", profile.cold_starts,
               lambda: stacks.Smsuper(ctx, cache_dir=Path(os_mkdtemp(ctx.workdir, "cold-cache-")))),
              ("bare-gunicorn", profile.warm_starts, lambda: stacks.Bare(ctx)),
-             ("seed-style", profile.warm_starts, lambda: stacks.Seed(ctx))]
+             ("seed-style", profile.warm_starts, lambda: stacks.Seed(ctx)),
+             ("official-toolkit", profile.warm_starts, lambda: stacks.Toolkit(ctx))]
     for name, count, make in kinds:
         seconds: List[float] = []
+        invoked: List[float] = []
         memory: List[Dict] = []
+        if name == "official-toolkit" and not ctx.bench_python:
+            results[name] = {"error": "the benchmark's venv is missing (bash scripts/install-bench-deps.sh)"}
+            continue
         for run in range(max(count, 1)):
             stack = make().start()
             try:
-                ready = stack.wait_ready(60)
+                ready = stack.wait_ready(120)
                 seconds.append(ready - stack.started_at)
+                invoked.append(_first_invocation(stack) - stack.started_at)
                 settle(stack)
                 if name == "smsuper-cold":  # PID 1 did the extraction itself: its heap may keep the cost
                     memory.append({"pid1_rss_mib": round(harness.status_kb(stack.root_pid(), "VmRSS") / 1024, 1)})
@@ -228,14 +369,28 @@ def start_and_memory(ctx: stacks.Context, profile: Profile, log: Callable[[str],
                 memory.append(sample)
             finally:
                 stack.stop()
-        log(f"  {name:<13} start to first /ping 200: " + ", ".join(f"{s * 1000:.0f} ms" for s in seconds))
-        results[name] = {"start_s": summary(seconds, 3)}
+        log(f"  {name:<16} start to first /ping 200: " + ", ".join(f"{s * 1000:.0f} ms" for s in seconds)
+            + "; to first /invocations 200: " + ", ".join(f"{s * 1000:.0f} ms" for s in invoked))
+        results[name] = {"start_s": summary(seconds, 3), "first_invocation_s": summary(invoked, 3)}
         if memory:
             keys = [k for k in memory[0] if isinstance(memory[0][k], (int, float))]
             results[name]["memory"] = {k: summary([m[k] for m in memory], 1) for k in keys}
             if "by_role_pss_mib" in memory[0]:
                 results[name]["memory"]["by_role_pss_mib"] = memory[-1]["by_role_pss_mib"]
     return results
+
+
+def _first_invocation(stack: stacks.Stack, limit: float = 120.0) -> float:
+    """Post the trivial model's request until it answers 200; the monotonic time it did."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if harness.http_request(stack.port, "POST", "/invocations", b"[[1.0, 2.0, 3.0]]", timeout=30)[0] == 200:
+                return time.monotonic()
+        except (OSError, BenchError):
+            pass
+        time.sleep(0.005)
+    raise BenchError(f"{stack.name}: /invocations did not answer 200 within {limit:g} s")
 
 
 def os_mkdtemp(parent: Path, prefix: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -228,27 +229,56 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_port_below(limit: int, low: int = 10000) -> int:
+    """A free port in [low, limit): for servers that refuse the kernel's ephemeral range
+    (multi-model-server takes only ports below 32767)."""
+    for _ in range(200):
+        port = random.randrange(low, limit)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError(f"no free port between {low} and {limit}")
+
+
 def http_request(port: int, method: str, path: str, body: bytes = b"", timeout: float = 5.0,
-                 content_type: str = "application/json") -> Tuple[int, bytes]:
+                 content_type: str = "application/json", accept: str = "") -> Tuple[int, bytes]:
     """One request on a new connection (HTTP/1.0 semantics: the server closes). Returns (status, body)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     if method != "GET" or body:
         head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    if accept:
+        head += f"Accept: {accept}\r\n"
     data = head.encode() + b"\r\n" + body
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.settimeout(timeout)
         conn.sendall(data)
-        chunks = []
+        raw = b""
         while True:
             chunk = conn.recv(65536)
             if not chunk:
                 break
-            chunks.append(chunk)
-    raw = b"".join(chunks)
+            raw += chunk
+            if _complete(raw):  # multi-model-server keeps the connection open despite "close"
+                break
     if not raw.startswith(b"HTTP/"):
         raise BenchError(f"not an HTTP answer: {raw[:80]!r}")
     status = int(raw.split(b" ", 2)[1])
     return status, raw.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in raw else b""
+
+
+def _complete(raw: bytes) -> bool:
+    """True when raw holds a whole response with a Content-Length (without one: read to EOF)."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(rest) >= int(value)
+    return False
 
 
 def try_status(port: int, path: str = "/ping", timeout: float = 2.0) -> Optional[int]:
@@ -274,9 +304,11 @@ def wait_http_200(port: int, limit: float, path: str = "/ping", proc: Optional[s
 # ---- wrk ---------------------------------------------------------------------------------------
 
 def wrk(port: int, path: str, connections: int, duration: float, body: str = "[[1.0, 2.0, 3.0]]",
-        method: str = "POST", threads: int = 2, timeout: float = 10.0) -> Dict[str, object]:
+        method: str = "POST", threads: int = 2, timeout: float = 10.0, content_type: str = "application/json",
+        accept: str = "") -> Dict[str, object]:
     """One wrk run; returns requests/s, latency percentiles (ms) and error counts."""
-    env = dict(os.environ, BENCH_METHOD=method, BENCH_BODY=body)
+    env = dict(os.environ, BENCH_METHOD=method, BENCH_BODY=body, BENCH_CONTENT_TYPE=content_type,
+               BENCH_ACCEPT=accept)
     command = [WRK, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s",
                f"--timeout", f"{timeout:g}s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}{path}"]
     proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""smsuper's benchmark: `python3 bench/run.py` (about 6 minutes), `--quick` for a smoke run.
+"""smsuper's benchmark: `python3 bench/run.py` (about 12 minutes), `--quick` for a smoke run.
 
 Builds smsuper.pyz from this checkout into its own work directory (or takes
 --pyz), then measures smsuper and its baselines in the same run on this
@@ -40,7 +40,9 @@ from harness import BenchError  # noqa: E402
 PYENV = Path("/root/.pyenv/versions")
 CPYTHONS = ("3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0")
 FIGURE_NAMES = ("throughput", "ping_busy", "start_memory", "model_memory", "sigterm", "log_relay",
-                "version_start", "metrics_scrape")
+                "version_start", "metrics_scrape", "real_model")
+# The figures with a stack on the benchmark's own venv (the official toolkit, the real model).
+NEED_BENCH_VENV = {"throughput", "start_memory", "real_model"}
 
 
 def say(message: str) -> None:
@@ -76,6 +78,23 @@ def others_can_run(program: str) -> bool:
     if not path.stat().st_mode & 0o001:
         return False
     return all(parent.stat().st_mode & 0o001 for parent in path.parents)
+
+
+def bench_venv(base_python: str) -> Dict[str, object]:
+    """The benchmark's own venv (bench/requirements.txt: the official toolkit, multi-model-server,
+    scikit-learn, pandas), made or checked by scripts/install-bench-deps.sh from the same base
+    interpreter as the other stacks. Returns {"python": path} or {"error": why}."""
+    script = ROOT / "scripts" / "install-bench-deps.sh"
+    say("checking the benchmark's venv (scripts/install-bench-deps.sh) ...")
+    try:
+        proc = subprocess.run(["bash", str(script)], env=dict(os.environ, PYTHON=os.path.realpath(base_python)),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=1800)
+    except (OSError, subprocess.SubprocessError) as error:
+        return {"error": f"{script.name}: {error}"}
+    lines = proc.stdout.decode(errors="replace").split()
+    if proc.returncode != 0 or not lines:
+        return {"error": f"{script.name} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-400:]}"}
+    return {"python": lines[-1]}
 
 
 def make_venv(base_python: str, where: Path) -> str:
@@ -135,7 +154,7 @@ def run_figure(key: str, title: str, results: Dict, function: Callable[[], Dict]
 
 
 def serving_figures(ctx: stacks.Context, profile: figures.Profile, results: Dict) -> None:
-    """Figures 1 and 2 on long-lived stacks, all four up at once and taking turns."""
+    """Figures 1 and 2 on long-lived stacks, all up at once and taking turns."""
     running: List[stacks.Stack] = []
     try:
         smsuper = stacks.Smsuper(ctx).start()
@@ -149,16 +168,25 @@ def serving_figures(ctx: stacks.Context, profile: figures.Profile, results: Dict
         running.append(bare)
         seed = stacks.Seed(ctx).start()
         running.append(seed)
-        for stack in (smsuper, quiet, bare, seed):
-            stack.wait_ready(60)
+        toolkit = None
+        if ctx.bench_python:
+            toolkit = stacks.Toolkit(ctx).start()
+            running.append(toolkit)
+        else:
+            results["throughput_toolkit"] = {"error": "the benchmark's venv is missing: no official toolkit in figure 1"}
+        for stack in running:
+            stack.wait_ready(120)
         nginx_workers = len(smsuper.roles()["nginx_workers"]) or 1
         static = stacks.NginxStatic(ctx, nginx_workers).start()
         running.append(static)
         static.wait_ready(30)
         named = {"smsuper": smsuper, "smsuper-no-metrics": quiet, "bare-gunicorn": bare, "seed-style": seed,
                  "nginx-static": static}
+        if toolkit is not None:
+            named["official-toolkit"] = toolkit
         results["nginx_static_workers"] = nginx_workers  # as many as smsuper's nginx has
-        run_figure("throughput", "1. /invocations throughput (trivial model, 2 workers)", results,
+        run_figure("throughput", "1. /invocations throughput (trivial model, 2 workers; the official toolkit after "
+                   f"a JVM warm-up of at least {profile.jvm_warmup_seconds:g} s)", results,
                    lambda: figures.throughput(named, profile, say))
         try:
             init = smsuper.roles()["init"][0]
@@ -225,11 +253,14 @@ def main(argv: List[str]) -> int:
         env = dict(os.environ, SMSUPER_CACHE_DIR=str(cache))
         harness.timed_run([python, str(pyz), "--version"], env)  # the first start fills the cache
         identity = build_id(pyz)
+        venv = bench_venv(args.python) if only & NEED_BENCH_VENV else {"error": "not needed by the figures run"}
+        if "error" in venv:
+            say(f"WARNING: no benchmark venv, so no official toolkit and no real model: {venv['error']}")
         tree = next(cache.glob(f"{identity}-*"))
         # smsuper's workloads run as nobody by default (SMSUPER_USER); when nobody cannot run
         # the interpreter, they run as root instead, and the table says so.
         workload_user = "nobody" if others_can_run(python) else "root"
-        ctx = stacks.Context(workdir, pyz, python, cache, tree, workload_user)
+        ctx = stacks.Context(workdir, pyz, python, cache, tree, workload_user, venv.get("python"))
         meta.update({
             "command": " ".join(["python3 bench/run.py", *argv]),
             "machine": {"cpus": len(os.sched_getaffinity(0)), "cpu_model": _cpu_model(),
@@ -244,6 +275,8 @@ def main(argv: List[str]) -> int:
             "workers": stacks.WORKERS,
             "workload_user": workload_user,
             "site_hook_cost": host_python_overhead(os.path.realpath(args.python), python),
+            "bench_venv": venv.get("python") or venv["error"],
+            "toolkit": _toolkit_versions(venv.get("python")),
         })
         say(f"pyz build {identity} ({build}), python {meta['python']}, {meta['nginx']}, {meta['wrk']}")
 
@@ -260,6 +293,8 @@ def main(argv: List[str]) -> int:
              lambda: figures.version_start(ctx, _pythons(workdir), profile, say)),
             ("metrics_scrape", f"8. metrics scrape after {profile.restarts} worker restarts",
              lambda: figures.metrics_scrape(ctx, profile, say)),
+            ("real_model", "9. a real model: scikit-learn, default handlers, CSV of 1 and 100 rows",
+             lambda: figures.real_model(ctx, profile, say)),
         ]
         for key, title, function in steps:
             if key in only:
@@ -297,6 +332,16 @@ def load_warnings(load_start: Dict, load_end: Dict) -> List[str]:
                 f"busy right after it, on {load_start['cpus']} CPUs): other work shared the CPUs, so absolute "
                 f"figures are lower and noisier than on an idle machine"]
     return []
+
+
+def _toolkit_versions(python) -> str:
+    """The versions the toolkit and the real model ran with, as the venv has them."""
+    if not python:
+        return "n/a"
+    names = ("sagemaker-inference", "multi-model-server", "scikit-learn", "pandas", "numpy")
+    code = ("import importlib.metadata as m; print(', '.join(n + ' ' + m.version(n) for n in %r))" % (names,))
+    java = command_output(["java", "-version"]).splitlines()
+    return command_output([python, "-c", code]) + (f"; {java[0]}" if java else "")
 
 
 def _pythons(workdir: Path) -> Dict[str, str]:
@@ -337,6 +382,8 @@ def _markdown(meta: Dict, warnings: List[str], table: report.Table) -> str:
         f"- Python {meta['python']}; {meta['nginx']}; {meta['wrk']}; {meta['libraries']}; "
         f"{meta['workers']} sync workers everywhere (smsuper's keep nginx's connections open); "
         f"smsuper's workloads run as {meta['workload_user']}",
+        f"- the official toolkit and the real model: {meta.get('toolkit', 'n/a')} (the benchmark's venv "
+        f"`{meta.get('bench_venv', 'n/a')}`, from bench/requirements.txt)",
         f"- this machine's base Python start-up hooks (not used here) cost {hook['host_python_start_ms']} ms and "
         f"{hook['host_python_max_rss_mib']} MiB per process vs {hook['clean_python_start_ms']} ms and "
         f"{hook['clean_python_max_rss_mib']} MiB clean",

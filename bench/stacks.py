@@ -5,9 +5,14 @@
   seed          the seed-style stack: a launcher starting nginx (1 worker, 5m body limit)
                 and gunicorn sync workers behind a unix socket, like the platform's example
   nginx-static  nginx alone answering a static 200
+  toolkit       the official sagemaker-inference toolkit on multi-model-server (Java
+                frontend, Python workers), its default handler service (apps/toolkit/)
 
 gunicorn and Flask of the baselines come from smsuper.pyz's own extracted tree
 (apps/gunicorn_from_tree.py), so every stack runs the same library versions.
+The toolkit and the real model need packages smsuper does not (multi-model-server,
+scikit-learn, pandas): those stacks run on the benchmark's own venv (ctx.bench_python,
+made by scripts/install-bench-deps.sh from bench/requirements.txt).
 A stack runs either as a plain child of the benchmark or, with namespace=True,
 as PID 1 of a new PID namespace (`unshare --pid`), which is how a container
 runs it: when PID 1 exits, the kernel kills everything left in it.
@@ -36,8 +41,9 @@ class Context:
     """What every stack needs: where things live and which Python and pyz to use."""
 
     def __init__(self, workdir: Path, pyz: Path, python: str, cache_dir: Path, tree: Path,
-                 workload_user: str = "nobody"):
+                 workload_user: str = "nobody", bench_python: Optional[str] = None):
         self.workdir = workdir
+        self.bench_python = bench_python
         self.workload_user = workload_user
         self.pyz = pyz
         self.python = python
@@ -53,9 +59,17 @@ class Context:
         stem = self.logs / f"{self._sequence:03d}-{name}"
         return stem.with_suffix(".out"), stem.with_suffix(".err")
 
+    def needs_bench_python(self, what: str) -> str:
+        if not self.bench_python:
+            raise BenchError(f"{what} needs the benchmark's venv (bash scripts/install-bench-deps.sh); "
+                             f"it could not be made: see the start of this run's output")
+        return self.bench_python
+
     def smsuper_base(self, model: str, model_mib: Optional[int] = None) -> Path:
         """A SAGEMAKER_BASE_DIR whose model/code/inference.py is apps/model_<model>.py
-        (with its MODEL_MIB set to model_mib when given)."""
+        (with its MODEL_MIB set to model_mib when given). For the sklearn model, the model
+        itself (model/model.joblib) and the request bodies (bodies/rows-N.csv) are made
+        too, once: every stack of the figure reads this very base directory."""
         key = f"{model}-{model_mib}" if model_mib else model
         if key not in self.bases:
             base = self.workdir / f"ml-{key}"
@@ -67,13 +81,21 @@ class Context:
                 if count != 1:
                     raise BenchError(f"apps/model_{model}.py has no MODEL_MIB line to set")
             (code / "inference.py").write_text(source)
-            for path in [base, base / "model", code, code / "inference.py"]:
+            made = []
+            if model == "sklearn":
+                bodies = base / "bodies"
+                bodies.mkdir()
+                subprocess.run([self.needs_bench_python("the scikit-learn model"),
+                                str(APPS / "make_sklearn_model.py"), str(base / "model"), str(bodies)],
+                               check=True, stdout=subprocess.DEVNULL, timeout=300)
+                made = [bodies, base / "model" / "model.joblib"] + sorted(bodies.iterdir())
+            for path in [base, base / "model", code, code / "inference.py"] + made:
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)
             self.bases[key] = base
         return self.bases[key]
 
-    def gunicorn_command(self) -> List[str]:
-        return [self.python, str(self.workdir / "apps" / "gunicorn_from_tree.py"), str(self.tree)]
+    def gunicorn_command(self, python: Optional[str] = None) -> List[str]:
+        return [python or self.python, str(self.workdir / "apps" / "gunicorn_from_tree.py"), str(self.tree)]
 
     def clean_env(self) -> Dict[str, str]:
         """This environment without anything that would steer smsuper or Python elsewhere."""
@@ -83,6 +105,7 @@ class Context:
 
 class Stack:
     name = "stack"
+    jvm = False  # a JIT-compiled server, measured only after a longer warm-up
 
     def __init__(self, ctx: Context, namespace: bool = False):
         self.ctx = ctx
@@ -163,15 +186,17 @@ class Smsuper(Stack):
     name = "smsuper"
 
     def __init__(self, ctx: Context, model: str = "trivial", namespace: bool = False, metrics: bool = True,
-                 cache_dir: Optional[Path] = None, model_mib: Optional[int] = None, **extra: str):
+                 cache_dir: Optional[Path] = None, model_mib: Optional[int] = None, python: Optional[str] = None,
+                 **extra: str):
         super().__init__(ctx, namespace)
+        self.python = python or ctx.python
         self.base = ctx.smsuper_base(model, model_mib)
         self.metrics_port = harness.free_port() if metrics else 0
         self.cache_dir = cache_dir or ctx.cache_dir
         self.extra = extra
 
     def command(self) -> List[str]:
-        return [self.ctx.python, str(self.ctx.pyz), "serve"]
+        return [self.python, str(self.ctx.pyz), "serve"]
 
     def env(self) -> Dict[str, str]:
         env = self.ctx.clean_env()
@@ -230,26 +255,34 @@ class Bare(Stack):
 class Seed(Stack):
     name = "seed-style"
 
-    def __init__(self, ctx: Context, namespace: bool = False):
+    def __init__(self, ctx: Context, namespace: bool = False, model: str = "trivial", python: Optional[str] = None):
+        """model "trivial": apps/seed/predictor.py (JSON in, the same JSON out); "sklearn":
+        apps/seed/predictor_sklearn.py (CSV through pandas) on the sklearn base's model."""
         super().__init__(ctx, namespace)
+        self.python = python or ctx.python
+        self.base = ctx.smsuper_base(model) if model != "trivial" else None
         self.dir = ctx.workdir / f"seed-{self.port}"
         self.dir.mkdir()
         os.chmod(self.dir, 0o755)
-        for name in ("predictor.py", "wsgi.py", "serve.py"):
+        for name in ("wsgi.py", "serve.py"):
             shutil.copy(APPS / "seed" / name, self.dir / name)
+        predictor = "predictor.py" if model == "trivial" else f"predictor_{model}.py"
+        shutil.copy(APPS / "seed" / predictor, self.dir / "predictor.py")
         self.socket = self.dir / "gunicorn.sock"
         template = (APPS / "seed" / "nginx.conf").read_text()
         (self.dir / "nginx.conf").write_text(template.format(
             pid=self.dir / "nginx.pid", temp=self.dir, socket=self.socket, port=self.port))
 
     def command(self) -> List[str]:
-        return [self.ctx.python, str(self.dir / "serve.py")]
+        return [self.python, str(self.dir / "serve.py")]
 
     def env(self) -> Dict[str, str]:
         env = self.ctx.clean_env()
         env.update({"MODEL_SERVER_WORKERS": str(WORKERS), "MODEL_SERVER_TIMEOUT": "60", "SEED_NGINX": NGINX,
                     "SEED_NGINX_CONF": str(self.dir / "nginx.conf"), "SEED_SOCKET": str(self.socket),
-                    "SEED_GUNICORN": json.dumps(self.ctx.gunicorn_command()), "PYTHONUNBUFFERED": "1"})
+                    "SEED_GUNICORN": json.dumps(self.ctx.gunicorn_command(self.python)), "PYTHONUNBUFFERED": "1"})
+        if self.base is not None:
+            env["SAGEMAKER_BASE_DIR"] = str(self.base)
         return env
 
     def cwd(self) -> Optional[str]:
@@ -273,6 +306,46 @@ class NginxStatic(Stack):
 
     def wait_ready(self, limit: float = 30.0, path: str = "/") -> float:
         return super().wait_ready(limit, path)
+
+
+class Toolkit(Stack):
+    """The official stack: apps/toolkit/serve.py calls sagemaker-inference's start_model_server(),
+    which writes multi-model-server's properties and starts it; multi-model-server's Java
+    frontend answers HTTP and hands each request to one of 2 Python workers running the
+    toolkit's default handler service with the model's code/inference.py. Always PID 1 of its
+    own PID namespace (see apps/toolkit/serve.py why)."""
+
+    name = "official-toolkit"
+    jvm = True
+
+    def __init__(self, ctx: Context, model: str = "trivial"):
+        super().__init__(ctx, namespace=True)
+        self.port = harness.free_port_below(32767)  # its frontend refuses ports above a Java short
+        self.python = ctx.needs_bench_python("the official toolkit's stack")
+        self.base = ctx.smsuper_base(model)
+        self.dir = ctx.workdir / f"toolkit-{self.port}"
+        (self.dir / "tmp").mkdir(parents=True)
+        shutil.copy(APPS / "toolkit" / "serve.py", self.dir / "serve.py")
+
+    def command(self) -> List[str]:
+        return [self.python, str(self.dir / "serve.py")]
+
+    def env(self) -> Dict[str, str]:
+        env = self.ctx.clean_env()
+        env.update({
+            # The toolkit starts `multi-model-server` by name, from the venv's bin.
+            "PATH": str(Path(self.python).parent) + os.pathsep + env.get("PATH", "/usr/bin:/bin"),
+            "SAGEMAKER_BASE_DIR": str(self.base),
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS),
+            "TOOLKIT_MMS_CONFIG": str(self.dir / "mms.properties"),
+            "TEMP": str(self.dir / "tmp"), "TMPDIR": str(self.dir / "tmp"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def cwd(self) -> Optional[str]:
+        return str(self.dir)  # multi-model-server's logs/ (log4j2.xml's default LOG_LOCATION)
 
 
 def stack_memory(pids: List[int]) -> Dict[str, float]:

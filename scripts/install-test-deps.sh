@@ -11,12 +11,14 @@ cd "$(dirname "$0")/.."
 # suite; fuse-overlayfs is podman's storage fallback where native overlay is unavailable.
 # The SDK local-mode test (tests/test_sdk_local_mode.py) runs podman's service in a network
 # namespace of its own (iproute2): netavark needs iptables there, and compose's host names
-# (algo-1, algo-2) need aardvark-dns.
+# (algo-1, algo-2) need aardvark-dns. The benchmark's official-toolkit baseline runs
+# multi-model-server, whose frontend is Java (its Python side: scripts/install-bench-deps.sh).
 PACKAGES=(
     podman runc conmon netavark slirp4netns uidmap fuse-overlayfs
     iproute2 iptables aardvark-dns
     debootstrap debian-archive-keyring tar
     nginx-light wrk prometheus
+    openjdk-17-jre-headless
     ca-certificates
 )
 
