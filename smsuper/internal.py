@@ -12,6 +12,7 @@ from typing import List
 
 WORDS = {
     "_gunicorn": "smsuper.serve.gunicorn_app:main",
+    "_model": "smsuper.serve.multimodel.model_server:main",
     "_s3-download": "smsuper.usercode.s3_child:main",
 }
 

@@ -17,7 +17,7 @@ platform's is `other`, and a code must be three digits.
 
 from __future__ import annotations
 
-from ..serve.routes import METHODS, OTHER
+from ..serve.routes import METHODS, MULTI_MODEL_METHODS, OTHER
 from .exposition import Family, counter
 
 TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 HELP = ("HTTP requests answered, by route and status code: what the clients got (with nginx in front, "
         "from its access log, so nginx's own answers such as 413, 502 and 504 count too).")
-_ROUTES = {path.encode("ascii"): path for path in METHODS}
+_ROUTES = {path.encode("ascii"): path for path in (*METHODS, *MULTI_MODEL_METHODS)}
 
 
 class ResponseCounts:

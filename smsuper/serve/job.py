@@ -110,6 +110,11 @@ class ServeJob:
         self.access_log: Optional[AccessLogRelay] = None
         self.responses = None  # metrics.responses.ResponseCounts, fed by the access log, when metrics are on
         self.start_failure: Optional[SpawnError] = None
+        self.multi_model = None  # multimodel.endpoint.MultiModelEndpoint with SAGEMAKER_MULTI_MODEL=true
+        if settings.value("SAGEMAKER_MULTI_MODEL"):
+            from .multimodel.endpoint import MultiModelEndpoint
+
+            self.multi_model = MultiModelEndpoint(self, settings.value("SMSUPER_MODEL_MEMORY_MARGIN_MB"))
 
     # ---- the children -------------------------------------------------------------
     def _gunicorn_spec(self) -> ChildSpec:
@@ -134,13 +139,14 @@ class ServeJob:
         try:
             with open(self.runtime.nginx_conf, "w") as handle:
                 handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
-                                          stub_status=self.stub_status))
+                                          stub_status=self.stub_status, multi_model=self.multi_model is not None))
         except OSError as error:  # a failed write() or close() names no file: say which
             raise OSError(error.errno, error.strerror, self.runtime.nginx_conf) from None
         self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner,
                                          settings.value("SMSUPER_LOG_FORMAT") == "json",
-                                         counts=self.responses, log_ping=self.config.log_ping)
+                                         counts=self.responses, log_ping=self.config.log_ping,
+                                         per_model=self.multi_model.manager.request_done if self.multi_model else None)
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role="nginx", argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
@@ -156,6 +162,8 @@ class ServeJob:
         directory = self.runtime.metrics_dir
         multiproc.prepare(directory, self.owner)
         collectors = [multiproc.collector(directory), serving_state.collector(self.runtime, self.config)]
+        if self.multi_model:
+            collectors.append(self.multi_model.manager.collect)
         if self.nginx_binary:
             # What clients got, from nginx's access log; the workers then count nothing themselves.
             from ..metrics.responses import ResponseCounts
@@ -191,6 +199,11 @@ class ServeJob:
                         f"{self.config.port} itself. /ping then goes to the workers and can wait behind "
                         f"predictions, and a request past the timeout loses its connection instead of a 504")
         try:
+            if self.multi_model:  # nginx in front of PID 1's /models API; each model brings its own gunicorn
+                self.multi_model.start()
+                self.supervisor.start(self._nginx_spec())
+                self.multi_model.serving()
+                return
             self.supervisor.start(self._gunicorn_spec())
             if self.nginx_binary:
                 self.supervisor.start(self._nginx_spec())
@@ -223,7 +236,9 @@ class ServeJob:
     # ---- events -----------------------------------------------------------------
     def _on_exit(self, child, status) -> None:
         role = child.spec.role
-        if role == "pip":
+        if self.multi_model and self.multi_model.owns(child):
+            self.multi_model.child_exited(child, status)
+        elif role == "pip":
             if self.supervisor.stopping:
                 return
             if status.code == 0:
@@ -283,7 +298,13 @@ def main(args: List[str]) -> int:
     except privileges.PrivilegeError as error:
         log.error(str(error))
         return CONFIG_ERROR
-    config = resolve()
+    multi_model = settings.value("SAGEMAKER_MULTI_MODEL")
+    # One worker per model by default (each model has its own): the official toolkit's MME default.
+    config = resolve(workers=(settings.value("SAGEMAKER_MODEL_SERVER_WORKERS") or 1) if multi_model else None)
+    if multi_model and (config.app or not nginx.find(settings.value("SMSUPER_NGINX"))):
+        log.error("SAGEMAKER_MULTI_MODEL=true needs nginx (SMSUPER_NGINX) and handler functions (each model's "
+                  "code/inference.py, or the image's), not SMSUPER_APP")
+        return CONFIG_ERROR
     listen = metrics_port.choose(config.port)  # a clash with the serving port stops the job here (exit 2)
     if config.submit_directory.startswith("s3://"):  # a framework model deployed with source_dir
         from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
@@ -298,8 +319,11 @@ def main(args: List[str]) -> int:
             code_dir = os.path.dirname(locate(config.program, code_directories(config.base_dir,
                                                                                 config.submit_directory)))
         except HandlerError as error:
-            log.error(str(error))
-            return CONFIG_ERROR
+            if not multi_model:
+                log.error(str(error))
+                return CONFIG_ERROR
+            # Each model may bring its own code/inference.py; the image need not have one.
+            log.info(f"no handler module {config.program} in the image: each model needs its own code/{config.program}")
     try:
         # The model may arrive in a 0700 directory (the SDK extracts it into one): never start a
         # server whose model_fn could not read it (init/inputs.py).
@@ -316,7 +340,8 @@ def main(args: List[str]) -> int:
     if os.getpid() != 1:
         capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
     set_title("smsuper: init [serve]")
-    log.info(f"serving on port {config.port}: {config.workers} worker(s)"
+    log.info(f"serving on port {config.port}{' (multi-model endpoint)' if multi_model else ''}: "
+             f"{config.workers} worker(s){' per model' if multi_model else ''}"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
     return ServeJob(config, code_dir, account, listen, runtime_root).run()

@@ -126,7 +126,7 @@ def _json_text(message: str) -> str:
     return "'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _route_maps() -> str:
+def _route_maps(multi_model: bool = False) -> str:
     """$smsuper_route: the metrics' route label; $smsuper_allow: the route's Allow header.
 
     Both read the path as the client sent it ($request_uri): it is there even when an error
@@ -135,13 +135,18 @@ def _route_maps() -> str:
     it is not a route as the platform sends it (and gunicorn would pass it on unnormalised)."""
     labels = "".join(f"        ~^{path}(\\?|$) {path};\n" for path in routes.METHODS)
     allows = "".join(f'        ~^{path}(\\?|$) "{routes.allow(path)}";\n' for path in routes.METHODS)
+    if multi_model:  # the most specific first: nginx takes the first regular expression that matches
+        for path in sorted(routes.MULTI_MODEL_METHODS, key=len, reverse=True):
+            labels += f'        "~{routes.pattern(path)}" "{path}";\n'
+            allows += f'        "~{routes.pattern(path)}" "{routes.allow(path)}";\n'
     return (f"    map $request_uri $smsuper_route {{\n{labels}        default {routes.OTHER};\n    }}\n"
             f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n")
 
 
 def _method_check(path: str) -> str:
     """In a route's location: any other method is nginx's 405 (then in JSON, with Allow)."""
-    return f"            if ($request_method !~ ^({'|'.join(routes.METHODS[path])})$) {{\n" \
+    methods = routes.METHODS.get(path) or routes.MULTI_MODEL_METHODS[path]
+    return f"            if ($request_method !~ ^({'|'.join(methods)})$) {{\n" \
            f"                return 405;\n            }}\n"
 
 
@@ -183,7 +188,7 @@ def _error_locations(not_found: str) -> str:
 
 def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, worker_processes: int,
            root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn",
-           stub_status: bool = False) -> str:
+           stub_status: bool = False, multi_model: bool = False) -> str:
     """nginx.conf. `root_workers_as` (user, group): when nginx starts as root, its
     workers would otherwise become `nobody`, who cannot enter the runtime directory."""
     # One buffer more than the limit: a chunked body of exactly the limit then
@@ -216,6 +221,20 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
         }}
     }}
 """ if stub_status else ""
+    served_locations = f"""        location = /invocations {{
+{_method_check("/invocations")}            proxy_pass http://{UPSTREAM};
+        }}
+        location = /execution-parameters {{
+{_method_check("/execution-parameters")}            proxy_pass http://{UPSTREAM};
+        }}
+"""
+    mme_map, log_prefix, log_suffix = "", "'$smsuper_route $status '", ""
+    if multi_model:  # serve/multimodel/: the /models routes instead of the one model's
+        from .multimodel import nginx_routes
+
+        mme_map, log_prefix = nginx_routes.model_map(), nginx_routes.LOG_PREFIX
+        log_suffix = nginx_routes.LOG_SUFFIX
+        served_locations = nginx_routes.locations(runtime, _method_check)
     return f"""# Written by smsuper serve at every start; edits are lost.
 {user}worker_processes {worker_processes};
 pid {runtime.nginx_pid};
@@ -231,12 +250,12 @@ http {{
     charset off;
     default_type application/json;
 {temp_paths}
-{_route_maps()}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
+{_route_maps(multi_model)}{mme_map}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
     # prints the rest, leaving out /ping unless SMSUPER_LOG_PING (the platform pings every few
     # seconds and would drown everything else).
-    log_format smsuper '$smsuper_route $status '
+    log_format smsuper {log_prefix}
                        '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent '
-                       '$request_time $upstream_response_time';
+                       '$request_time $upstream_response_time{log_suffix}';
     # Lines are batched up to 4 KiB (at most 1 s late): one wake-up of PID 1 per batch
     # instead of per request, and 4 KiB is PIPE_BUF, so each write into the FIFO stays atomic.
     access_log {runtime.access_log} smsuper buffer=4k flush=1s;
@@ -281,13 +300,7 @@ http {{
             etag off;
             alias {runtime.ping_status};
         }}
-        location = /invocations {{
-{_method_check("/invocations")}            proxy_pass http://{UPSTREAM};
-        }}
-        location = /execution-parameters {{
-{_method_check("/execution-parameters")}            proxy_pass http://{UPSTREAM};
-        }}
-        location / {{
+{served_locations}        location / {{
             return 404 {not_found};
         }}
 {_error_locations(not_found)}        location @too_large {{

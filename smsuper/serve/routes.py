@@ -6,6 +6,12 @@ METHODS = {
     "/invocations": ("POST",),
     "/execution-parameters": ("GET", "HEAD"),
 }
+# Multi-model endpoints (SAGEMAKER_MULTI_MODEL=true, serve/multimodel/): `{name}` is one path segment.
+MULTI_MODEL_METHODS = {
+    "/models": ("GET", "POST"),
+    "/models/{name}": ("GET", "DELETE"),
+    "/models/{name}/invoke": ("POST",),
+}
 # The `route` label of every other path (bounded label values).
 OTHER = "other"
 NO_SUCH_ROUTE = "no such route: use /ping, /invocations or /execution-parameters"
@@ -13,4 +19,9 @@ NO_SUCH_ROUTE = "no such route: use /ping, /invocations or /execution-parameters
 
 def allow(path: str) -> str:
     """The Allow header of a 405 on `path`."""
-    return ", ".join(METHODS[path])
+    return ", ".join(METHODS.get(path) or MULTI_MODEL_METHODS[path])
+
+
+def pattern(path: str) -> str:
+    """A regular expression for `path` as the client sends it (nginx's $request_uri)."""
+    return "^" + path.replace("{name}", "[^/?]+") + "(\\?|$)"

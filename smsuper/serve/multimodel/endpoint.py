@@ -1,0 +1,56 @@
+"""What the serve job does differently with SAGEMAKER_MULTI_MODEL=true (PID 1).
+
+Instead of one gunicorn master, PID 1 starts nginx and its management API
+(api.py); models come and go through it (manager.py). /ping is nginx's own
+200 once it runs: the server is alive and able to load, whatever any one model
+does (a model that fails or dies costs its own requests only).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ... import selfcmd
+from ...init.spawn import ChildSpec
+from .. import readiness
+from . import layout
+from .api import ManagementServer
+from .manager import ROLE, Manager
+
+MIB = 1024 * 1024
+
+
+class MultiModelEndpoint:
+    def __init__(self, job, margin_mb: int):
+        self.job = job
+        config = job.config
+        self.manager = Manager(job.supervisor, job.runtime, self._spec, job.owner, config.workers,
+                               margin_mb * MIB, unload_timeout=2 * config.worker_timeout + 10)
+        self.server = None
+
+    def _spec(self, name: str, url: str, model_runtime) -> ChildSpec:
+        job = self.job
+        argv = selfcmd.self_argv("_model", "--runtime-dir", model_runtime.root, "--bind",
+                                 f"unix:{model_runtime.socket}", "--name", name, "--url", url,
+                                 "--workers", str(job.config.workers), "--nginx-pidfile", job.runtime.nginx_pid)
+        env = job.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
+        return ChildSpec(role=f"{ROLE} {name}", argv=argv, env=env, cwd=job.cwd, credentials=job.credentials,
+                         relay=True, stop_signal=signal.SIGTERM, extra={"model": name})
+
+    def start(self) -> None:
+        """Before nginx starts: the models' directory and the API it proxies to."""
+        self.manager.prepare()
+        self.server = ManagementServer(self.job.supervisor, layout.management_socket(self.job.runtime),
+                                       self.job.owner, self.manager)
+        self.job.supervisor.on_stop = self.manager.stopping
+
+    def serving(self) -> None:
+        """nginx runs: /ping passes."""
+        self.job._readiness(readiness.mark_ready, os.getpid())
+
+    def owns(self, child) -> bool:
+        return bool(child.spec.extra and "model" in child.spec.extra)
+
+    def child_exited(self, child, status) -> None:
+        self.manager.child_exited(child, status)

@@ -1,0 +1,41 @@
+"""Where each model's files live, inside the serve job's runtime directory (serve/runtime.py).
+
+  ROOT/models.sock            PID 1's management API (nginx proxies /models here)
+  ROOT/models/                PID 1's: root-owned, 0711
+  ROOT/models/NAME/           PID 1's: the model's own runtime directory (same layout as ROOT)
+  ROOT/models/NAME/serving    PID 1's marker: nginx routes invocations to NAME while it exists
+  ROOT/models/NAME/shared/    the model's processes': gunicorn.sock, ready, load-failure.json
+
+NAME is always a valid name (names.py): these paths never leave ROOT/models.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..runtime import RuntimeDir
+from . import names
+
+FAILURE_FILE = "load-failure.json"
+
+
+def management_socket(root: RuntimeDir) -> str:
+    return os.path.join(root.root, "models.sock")
+
+
+def models_dir(root: RuntimeDir) -> str:
+    return os.path.join(root.root, "models")
+
+
+def model_runtime(root: RuntimeDir, name: str) -> RuntimeDir:
+    if not names.valid(name):
+        raise ValueError(f"not a model name: {name!r}")
+    return RuntimeDir(os.path.join(models_dir(root), name))
+
+
+def serving_marker(model: RuntimeDir) -> str:
+    return os.path.join(model.root, "serving")
+
+
+def failure_file(model: RuntimeDir) -> str:
+    return os.path.join(model.shared, FAILURE_FILE)

@@ -1,0 +1,104 @@
+"""One model of a multi-model endpoint, in its own processes (its gunicorn master, then its workers).
+
+The same handler functions and defaults as single-model serving (service.py);
+only where things are differs: the model is the directory the platform named
+(descending into its one sub-directory when it holds nothing else and that is
+not `code/`, as tarballs with a root directory extract), and its code is `code/SAGEMAKER_PROGRAM` inside
+it, else the image's handler module. A load failure is reported to PID 1 in
+`load-failure.json` with the status the load request gets: 507 for a
+MemoryError, 400 when the directory is missing, 500 for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from typing import List, Optional
+
+from ... import log
+from .. import codecs
+from ..config import ServeConfig
+from ..context import Context
+from ..handlers import Handlers, UserCodeError, code_directories, import_file, locate
+from ..runtime import RuntimeDir
+from ..service import FAILED, LOADING, READY, ModelService
+from . import layout
+
+NO_ROOM, BAD_REQUEST, LOAD_ERROR = 507, 400, 500
+
+
+def model_directory(url: str) -> str:
+    """`url`, or its only entry when that is a directory (other than the model's `code`)."""
+    entries = os.listdir(url)
+    if len(entries) == 1 and entries[0] != "code" and os.path.isdir(os.path.join(url, entries[0])):
+        return os.path.join(url, entries[0])
+    return url
+
+
+def code_places(model_dir: str, config: ServeConfig) -> List[str]:
+    """The model's own code directory first, then the image's."""
+    return [os.path.join(model_dir, "code")] + code_directories(config.base_dir, config.submit_directory)
+
+
+class MultiModelService(ModelService):
+    def __init__(self, config: ServeConfig, runtime: RuntimeDir, name: str, url: str):
+        super().__init__(config, runtime)
+        self.name = name
+        self.url = url
+        self.model_dir = url
+        self.status = LOAD_ERROR  # of the load request, when the load fails
+
+    def load(self) -> None:
+        self._status(LOADING, f"model {self.name} is loading")
+        step = "finding the model"
+        try:
+            if not os.path.isdir(self.url):
+                self.status = BAD_REQUEST
+                raise FileNotFoundError(f"url {self.url} is not a directory")
+            self.model_dir = model_directory(self.url)
+            step = "importing the handler module"
+            path = locate(self.config.program, code_places(self.model_dir, self.config))
+            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan)
+            step = "model_fn"
+            codecs.numpy_module()
+            self.model = self.handlers.load_model(self.model_dir)
+        except BaseException as error:  # SystemExit from a user module is a load failure too
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            self._fail(step, error)
+            return
+        self.state = READY
+        log.info(f"model {self.name} loaded from {self.model_dir} (code: {path})")
+
+    def _fail(self, step: str, error: BaseException) -> None:
+        cause = error.error if isinstance(error, UserCodeError) else error
+        if isinstance(cause, MemoryError):
+            self.status = NO_ROOM
+            self.failure = f"model {self.name} ran out of memory while loading ({step})"
+        elif step == "finding the model":
+            self.failure = f"model {self.name}: {cause}"
+        else:
+            self.failure = f"model {self.name} failed to load ({step}): {type(cause).__name__}: {cause}"
+        self.state = FAILED
+        detail = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        log.error(f"{self.failure}\n{detail.rstrip()}")
+        self.report_failure()
+
+    def report_failure(self) -> None:
+        """Tell PID 1 why (it reads this file once this process has exited): written aside, then renamed."""
+        body = json.dumps({"status": self.status, "reason": self.failure[:2000]}).encode()
+        target = layout.failure_file(self.runtime)
+        temporary = target + ".tmp"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(body)
+            os.replace(temporary, target)
+        except OSError as failure:
+            log.warning(f"cannot write {target}: {failure}")
+
+    def invoke(self, body: bytes, content_type: Optional[str], accept: Optional[str], context: Context):
+        if self.state != READY or self.handlers is None:
+            return super().invoke(body, content_type, accept, context)  # raises: not ready, or failed
+        context.model_dir = self.model_dir  # the handlers' context names this model's directory
+        return self.handlers.invoke(self.model, body, content_type, accept, context)
