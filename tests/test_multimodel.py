@@ -12,7 +12,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -87,10 +89,24 @@ def descendants(pid: int) -> List[int]:
 class Endpoint(Server):
     """A multi-model `smsuper serve`, with helpers for the /models routes."""
 
-    def __init__(self, pyz: Path, env: dict, base: Path, models: Path, gates: Path):
-        super().__init__(pyz, env, base)
+    def __init__(self, pyz: Path, env: dict, base: Path, models: Path, gates: Path, cgroup: Optional[str] = None):
         self.models = models
         self.gates = gates
+        self.env = env
+        if cgroup is None:
+            super().__init__(pyz, env, base)
+            return
+        # As Server does, but the whole namespace starts inside memory cgroup `cgroup`.
+        self.base = base
+        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
+        self.stdout_path = base.parent / "stdout.txt"
+        self.stderr_path = base.parent / "stderr.txt"
+        script = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["sh", "-c", script, "sh", cgroup, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                 sys.executable, str(pyz), "serve"],
+                env=env, cwd=str(base), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def model(self, name: str, code: str = MODEL_CODE, root: str = "") -> str:
         """Lay out model `name` as the platform extracts it; returns its url."""
@@ -134,7 +150,8 @@ def endpoint(pyz, base_env, tmp_path):
     """endpoint(image_code=..., **env): a started multi-model server, ready; all are killed at the end."""
     started: List[Endpoint] = []
 
-    def start(image_code: Optional[str] = None, ready: bool = True, **extra: str) -> Endpoint:
+    def start(image_code: Optional[str] = None, ready: bool = True, cgroup: Optional[str] = None,
+              **extra: str) -> Endpoint:
         base = tmp_path / "ml"
         (base / "code").mkdir(parents=True, exist_ok=True)
         if image_code is not None:
@@ -149,8 +166,7 @@ def endpoint(pyz, base_env, tmp_path):
                     "SAGEMAKER_BIND_TO_PORT": str(free_port()), "SMSUPER_RUNTIME_DIR": str(tmp_path / "run"),
                     "SMSUPER_METRICS_PORT": str(free_port()), "TEST_GATES": str(gates)})
         env.update(extra)
-        server = Endpoint(pyz, env, base, tmp_path / "models", gates)
-        server.env = env
+        server = Endpoint(pyz, env, base, tmp_path / "models", gates, cgroup)
         started.append(server)
         if ready:
             server.wait_ready()
@@ -370,3 +386,87 @@ def test_sigterm_with_models_loaded_answers_what_is_in_flight_and_stops_everythi
     assert answer.status_code == 200 and answer.json()["model"] == "beta"
     assert server.proc.wait(timeout=WAIT_LIMIT) == 0
     assert not [pid for pid in everything if os.path.exists(f"/proc/{pid}") and title_of(pid)]
+
+
+# ---- 507 before the OOM killer: a real memory cgroup -------------------------------------------------
+
+def _own_memory_cgroup() -> Optional[Path]:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                candidate = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                if (candidate / "memory.limit_in_bytes").exists():
+                    return candidate
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture()
+def memory_cgroup():
+    """A child of this test's own memory cgroup (v1) with a 1000 MiB limit, removed afterwards."""
+    parent = _own_memory_cgroup()
+    if parent is None or not os.access(parent, os.W_OK):
+        pytest.skip("needs a writable cgroup v1 memory hierarchy (this machine's kind has one)")
+    group = parent / f"smsuper-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(1000 * 1024 * 1024))
+    yield str(group)
+    eventually(lambda: not (group / "cgroup.procs").read_text().split(), "the cgroup to empty")
+    group.rmdir()
+
+
+BIG_MODEL = """
+import os
+
+def model_fn(model_dir):
+    size = int(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mib.txt")).read())
+    return b"x" * (size * 1024 * 1024)  # written, so resident: what a real model's weights are
+
+def predict_fn(data, model):
+    return {"bytes": len(model)}
+"""
+
+
+def test_under_a_memory_limit_an_oom_killed_load_and_a_load_that_would_not_fit_are_507(endpoint, memory_cgroup):
+    server = endpoint(cgroup=memory_cgroup)
+    urls = {}
+    for name, mib in (("huge", 2048), ("one", 300), ("two", 300), ("three", 300)):
+        urls[name] = server.model(name, code=BIG_MODEL)
+        Path(urls[name], "code", "mib.txt").write_text(str(mib))
+    # Nothing is loaded, so nothing says how large a model is: the load starts, outgrows the
+    # limit, and the kernel's OOM killer ends it with SIGKILL.
+    killed = server.load("huge", urls["huge"])
+    assert killed.status_code == 507 and "SIGKILL" in killed.json()["error"], killed.text
+    assert server.processes_of("huge") == []
+    for name in ("one", "two"):
+        loaded = server.load(name, urls[name])
+        assert loaded.status_code == 200, loaded.text
+    # Two models of ~330 MiB each are in 1000 MiB: a third would leave less than the 128 MiB margin.
+    refused = server.load("three", urls["three"])
+    assert refused.status_code == 507 and "not enough memory" in refused.json()["error"], refused.text
+    assert server.processes_of("three") == []  # refused before anything started
+    for name in ("one", "two"):
+        assert server.invoke(name, [1]).json() == {"bytes": 300 * 1024 * 1024}
+    assert server.ping().status_code == 200
+    assert server.unload("two").status_code == 200  # the platform makes room, then retries
+    assert server.load("three", urls["three"]).status_code == 200
+    assert server.terminate() == 0
+
+
+def test_a_model_whose_master_is_killed_is_unregistered_and_the_others_keep_answering(endpoint):
+    server = endpoint()
+    for name in ("alpha", "beta"):
+        assert server.load(name).status_code == 200
+    init = server.init_pid()
+    [master] = [pid for pid in server.processes_of("alpha") if pid in descendants(init)
+                and Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1] == str(init).encode()]
+    os.kill(master, signal.SIGKILL)
+    eventually(lambda: server.processes_of("alpha") == [], "alpha's processes to go")
+    eventually(lambda: server.invoke("alpha", [1]).status_code == 404, "alpha to be unregistered")
+    assert [m["modelName"] for m in server.listing().json()["models"]] == ["beta"]
+    assert server.invoke("beta", [1]).status_code == 200
+    assert server.ping().status_code == 200
+    assert server.load("alpha").status_code == 200  # the platform loads it again
+    assert server.invoke("alpha", [2]).json()["input"] == [2]
