@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -48,6 +49,8 @@ def model_fn(model_dir):
     return {"name": name, "model_dir": model_dir}
 
 def predict_fn(data, model, context):
+    if isinstance(data, dict) and data.get("die"):
+        os.kill(os.getpid(), 9)
     if isinstance(data, dict) and data.get("gate"):
         os.makedirs(os.path.join(GATES, "inflight"), exist_ok=True)
         open(os.path.join(GATES, "inflight", f"{os.getpid()}-{uuid.uuid4().hex}"), "w").close()
@@ -459,6 +462,9 @@ def test_a_model_whose_master_is_killed_is_unregistered_and_the_others_keep_answ
     server = endpoint()
     for name in ("alpha", "beta"):
         assert server.load(name).status_code == 200
+    died = server.invoke("alpha", {"die": True})  # its worker dies: that request fails, the model stays
+    assert died.status_code == 502 and "worker died" in died.json()["error"]
+    eventually(lambda: server.invoke("alpha", [0]).status_code == 200, "alpha's new worker to answer")
     init = server.init_pid()
     [master] = [pid for pid in server.processes_of("alpha") if pid in descendants(init)
                 and Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1] == str(init).encode()]
@@ -470,3 +476,23 @@ def test_a_model_whose_master_is_killed_is_unregistered_and_the_others_keep_answ
     assert server.ping().status_code == 200
     assert server.load("alpha").status_code == 200  # the platform loads it again
     assert server.invoke("alpha", [2]).json()["input"] == [2]
+
+
+def test_an_invocation_whose_body_arrives_after_its_model_was_unloaded_gets_404_not_502(endpoint):
+    server = endpoint()
+    assert server.load("alpha").status_code == 200
+    body = json.dumps({"late": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_LIMIT) as client:
+        client.sendall(b"POST /models/alpha/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body[:3])
+        assert server.unload("alpha").status_code == 200  # meanwhile nginx waits for the rest of the body
+        client.sendall(body[3:])
+        answer = b""
+        while True:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 404 Not Found", answer
+    assert b"not loaded" in answer

@@ -234,7 +234,9 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
 
         mme_map, log_prefix = nginx_routes.model_map(), nginx_routes.LOG_PREFIX
         log_suffix = nginx_routes.LOG_SUFFIX
-        served_locations = nginx_routes.locations(runtime, _method_check)
+        served_locations = nginx_routes.locations(
+            runtime, _method_check, lambda indent: _error_pages(indent, own_503=True).replace(
+                f"{indent}error_page 502 @died;\n", ""))
     return f"""# Written by smsuper serve at every start; edits are lost.
 {user}worker_processes {worker_processes};
 pid {runtime.nginx_pid};

@@ -39,8 +39,9 @@ def model_map() -> str:
             f"        default -;\n    }}\n")
 
 
-def locations(runtime, method_check) -> str:
-    """The server's locations for the MME routes; `method_check(path)` is nginx.py's 405 check."""
+def locations(runtime, method_check, error_pages) -> str:
+    """The server's locations for the MME routes; `method_check(path)` is nginx.py's 405 check,
+    `error_pages(indent)` its error_page lines for a location that sets its own 502 and 503."""
     management = f"http://unix:{layout.management_socket(runtime)}:"
     models = layout.models_dir(runtime)
     not_loaded = "'{\"error\": \"model $smsuper_model is not loaded: load it with POST /models\"}'"
@@ -55,10 +56,18 @@ def locations(runtime, method_check) -> str:
 {method_check("/models/{name}/invoke")}            if (!-e {models}/$smsuper_model/serving) {{
                 return 404 {not_loaded};
             }}
+            # nginx reads the body before it connects: a model unloaded meanwhile is 404, not 502.
+{error_pages("            ")}            error_page 502 503 = @smsuper_model_gone;
             proxy_set_header Connection close;
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_pass http://unix:{models}/$smsuper_model/shared/gunicorn.sock:/invocations;
+        }}
+        location @smsuper_model_gone {{
+            if (!-e {models}/$smsuper_model/serving) {{
+                return 404 {not_loaded};
+            }}
+            return 502 {_literal({"error": "the model's server failed this request: its worker died"})};
         }}
         location ~ ^/models/[^/]+$ {{
 {method_check("/models/{name}")}            proxy_read_timeout {MANAGEMENT_TIMEOUT}s;
