@@ -496,3 +496,13 @@ def test_an_invocation_whose_body_arrives_after_its_model_was_unloaded_gets_404_
     status = answer.split(b"\r\n", 1)[0]
     assert status == b"HTTP/1.1 404 Not Found", answer
     assert b"not loaded" in answer
+
+
+def test_a_reused_runtime_directory_after_a_killed_run_serves_again(endpoint):
+    first = endpoint()
+    assert first.load("alpha").status_code == 200
+    first.close()  # SIGKILL to the whole namespace: nothing was cleaned up
+    second = endpoint()  # the same SMSUPER_RUNTIME_DIR, with the killed run's models/ in it
+    assert second.listing().json() == {"models": []}
+    assert second.load("alpha").status_code == 200
+    assert second.invoke("alpha", [1]).json()["model"] == "alpha"

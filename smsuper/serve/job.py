@@ -343,5 +343,6 @@ def main(args: List[str]) -> int:
     log.info(f"serving on port {config.port}{' (multi-model endpoint)' if multi_model else ''}: "
              f"{config.workers} worker(s){' per model' if multi_model else ''}"
              f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
-             f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
+             f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir or 'each model')}"
+             f"{' (each model: its own code/ first)' if multi_model and code_dir else ''}")
     return ServeJob(config, code_dir, account, listen, runtime_root).run()

@@ -101,6 +101,7 @@ class Manager:
     def prepare(self) -> None:
         """ROOT/models: PID 1's, so nothing in it but what PID 1 made can be routed to."""
         path = layout.models_dir(self.runtime)
+        untrusted.remove_tree(path)  # a reused SMSUPER_RUNTIME_DIR: an earlier run's models are not ours
         os.mkdir(path, 0o700)
         if self.owner is not None:
             os.chmod(path, 0o711)
