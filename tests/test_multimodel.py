@@ -7,6 +7,7 @@ timing; the time limits are safety nets against a hang, never assertions about s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -355,7 +357,7 @@ def test_unload_answers_every_request_already_routed_to_the_model_then_its_proce
     held = [background(lambda: server.invoke("alpha", {"gate": True})) for _ in range(2)]
     eventually(lambda: server.in_flight() == 2, "both workers to hold a request")
     queued = background(lambda: server.invoke("alpha", {"queued": True}))
-    sock = str(Path(server.env["SMSUPER_RUNTIME_DIR"]) / "models" / "alpha" / "shared" / "gunicorn.sock")
+    sock = str(Path(server.env["SMSUPER_RUNTIME_DIR"]) / "shared" / "m" / "alpha")
     eventually(lambda: _backlog(sock) == 1, "the third request to wait in the model's backlog")
     processes = server.processes_of("alpha")
     unloading = background(lambda: server.unload("alpha"))
@@ -506,3 +508,18 @@ def test_a_reused_runtime_directory_after_a_killed_run_serves_again(endpoint):
     assert second.listing().json() == {"models": []}
     assert second.load("alpha").status_code == 200
     assert second.invoke("alpha", [1]).json()["model"] == "alpha"
+
+
+def test_a_sha256_long_name_is_served_and_a_name_too_long_for_a_socket_path_is_refused(endpoint):
+    runtime = tempfile.mkdtemp(prefix="smsuper-mm-", dir="/tmp")  # as short as the default place
+    try:
+        server = endpoint(SMSUPER_RUNTIME_DIR=runtime)
+        name = hashlib.sha256(b"model").hexdigest()  # 64 characters, as a platform's hash may be
+        assert server.load(name, server.model("hashed")).status_code == 200
+        assert server.invoke(name, [1]).json()["model"] == "hashed"
+        too_long = "m" * 100
+        refused = server.load(too_long, server.model("hashed"))
+        assert refused.status_code == 400 and "SMSUPER_RUNTIME_DIR" in refused.json()["error"], refused.text
+        assert server.terminate() == 0
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)

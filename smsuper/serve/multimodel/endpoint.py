@@ -32,7 +32,7 @@ class MultiModelEndpoint:
     def _spec(self, name: str, url: str, model_runtime) -> ChildSpec:
         job = self.job
         argv = selfcmd.self_argv("_model", "--runtime-dir", model_runtime.root, "--bind",
-                                 f"unix:{model_runtime.socket}", "--name", name, "--url", url,
+                                 f"unix:{layout.model_socket(job.runtime, name)}", "--name", name, "--url", url,
                                  "--workers", str(job.config.workers), "--nginx-pidfile", job.runtime.nginx_pid)
         env = job.account.environ(dict(os.environ, PYTHONUNBUFFERED="1"))
         return ChildSpec(role=f"{ROLE} {name}", argv=argv, env=env, cwd=job.cwd, credentials=job.credentials,

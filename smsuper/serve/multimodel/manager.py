@@ -105,6 +105,12 @@ class Manager:
         os.mkdir(path, 0o700)
         if self.owner is not None:
             os.chmod(path, 0o711)
+        # The models' sockets, the workload's: made before any of its processes runs (as runtime.create does).
+        sockets = layout.sockets_dir(self.runtime)
+        untrusted.remove_tree(sockets)
+        os.mkdir(sockets, 0o700)
+        if self.owner is not None:
+            os.chown(sockets, *self.owner, follow_symlinks=False)
 
     # ---- requests ---------------------------------------------------------------
     def load(self, name: object, url: object, target: str, respond: Respond) -> None:
@@ -115,6 +121,11 @@ class Manager:
             respond(400, {"error": "url must be the absolute path of the model's directory"})
             return
         assert isinstance(name, str)
+        if len(name) > layout.longest_name(self.runtime):
+            respond(400, {"error": f"model_name {name[:20]}... is longer than the {layout.longest_name(self.runtime)} "
+                                   f"characters a unix socket path under {self.runtime.root} leaves: set "
+                                   f"SMSUPER_RUNTIME_DIR to a shorter path"})
+            return
         if self.supervisor.stopping:
             respond(503, {"error": "the server is stopping"})
             return

@@ -44,6 +44,7 @@ def locations(runtime, method_check, error_pages) -> str:
     `error_pages(indent)` its error_page lines for a location that sets its own 502 and 503."""
     management = f"http://unix:{layout.management_socket(runtime)}:"
     models = layout.models_dir(runtime)
+    sockets = layout.sockets_dir(runtime)
     not_loaded = "'{\"error\": \"model $smsuper_model is not loaded: load it with POST /models\"}'"
     return f"""        location = /invocations {{
             return 400 {_literal({"error": INVOCATIONS_REFUSED})};
@@ -61,7 +62,7 @@ def locations(runtime, method_check, error_pages) -> str:
             proxy_set_header Connection close;
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_pass http://unix:{models}/$smsuper_model/shared/gunicorn.sock:/invocations;
+            proxy_pass http://unix:{sockets}/$smsuper_model:/invocations;
         }}
         location @smsuper_model_gone {{
             if (!-e {models}/$smsuper_model/serving) {{
