@@ -286,7 +286,9 @@ class Manager:
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         except OSError as error:
             log.error(f"model {model.name}: cannot create {marker}: {error.strerror or error}")
+            self._count_load("failed")
             self._answer(model, 500, {"error": f"model {model.name} loaded but cannot be routed to: {error}"})
+            model.state = READY  # so that the unload below stops its processes
             self.unload(model.name, lambda status, body: None)
             return
         model.state = READY
