@@ -11,8 +11,8 @@ import sys
 from typing import List
 
 WORDS = {
-    "_gunicorn": "smsuper.serve.gunicorn_app:main",
-    "_model": "smsuper.serve.multimodel.model_server:main",
+    "_gunicorn": "smsuper.serve.master.gunicorn_app:main",
+    "_model": "smsuper.serve.multimodel.master.model_server:main",
     "_s3-download": "smsuper.usercode.s3_child:main",
 }
 

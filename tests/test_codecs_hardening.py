@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from test_serve import WAIT_LIMIT, Server, eventually, free_port, layout  # noqa: E402
 
-from smsuper.serve import codecs, npy  # noqa: E402
+from smsuper.serve.worker import codecs, npy  # noqa: E402
 from smsuper.serve.errors import BadRequest  # noqa: E402
 
 try:

@@ -20,12 +20,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smsuper.serve import codecs, negotiation, nginx, npy, readiness  # noqa: E402
+from smsuper.serve import nginx, readiness  # noqa: E402
 from smsuper.serve import runtime as runtime_dir  # noqa: E402
-from smsuper.serve.app import create_app  # noqa: E402
 from smsuper.serve.config import resolve  # noqa: E402
-from smsuper.serve.service import ModelService  # noqa: E402
-from smsuper.serve.user_app import UserAppService  # noqa: E402
+from smsuper.serve.worker import codecs, negotiation, npy  # noqa: E402
+from smsuper.serve.worker.app import create_app  # noqa: E402
+from smsuper.serve.worker.service import ModelService  # noqa: E402
+from smsuper.serve.worker.user_app import UserAppService  # noqa: E402
 
 try:
     import numpy

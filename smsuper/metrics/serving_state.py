@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are string
 if TYPE_CHECKING:
     from typing import List
 
-# What ping-status.json may say (serve/job.py, serve/service.py), plus `ready` when the flag is up.
+# What ping-status.json may say (serve/job.py, serve/worker/service.py), plus `ready` when the flag is up.
 STATUSES = ("ready", "starting", "loading", "restarting", "failed")
 MAX_STATUS_BYTES = 65536
 

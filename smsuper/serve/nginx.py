@@ -2,22 +2,23 @@
 
 Everything nginx writes lives in the runtime directory (pid file, temp paths,
 access-log FIFO) and its error log goes to stderr, so it runs unchanged as an
-unprivileged user. The routes are exact:
+unprivileged user. The locations come from the route table (routes.py):
 
-  /ping                  answered by nginx itself from the readiness flag (see
-                         readiness.py): 200 with an empty body, or 503 with the
-                         JSON of ping-status.json. Never queued behind predictions.
-  /invocations           proxied to gunicorn over its unix socket
-  /execution-parameters  proxied to gunicorn
+  a row nginx answers    (/ping) from the readiness flag (see readiness.py): 200
+                         with an empty body, or 503 with the JSON of
+                         ping-status.json. Never queued behind predictions.
+  a row a worker answers (/invocations, /execution-parameters) proxied to
+                         gunicorn over its unix socket, its answer buffered or
+                         (a streamed row) passed on as it comes
   anything else          404 with a short JSON body
 
 Every error nginx makes itself is a short JSON body too, never its HTML page
 (NGINX_ERRORS: 400 malformed, 404, 405 wrong method with its Allow header,
 413 body too large, 414, 431 headers too large, 501, 502 worker died, 504 too
 slow, 505, ...); the app's own 4xx/5xx pass untouched. nginx refuses a wrong
-method on the platform's routes itself (routes.METHODS), so what it passes on
+method on the platform's routes itself (each row's methods), so what it passes on
 is always a request a worker is meant to answer; gunicorn's own limits sit
-above nginx's (gunicorn_app.py), so its HTML error pages are out of reach.
+above nginx's (master/gunicorn_app.py), so its HTML error pages are out of reach.
 
 The access log carries, before each line, the route label and the status
 PID 1 counts for smsuper_http_requests_total (access_log.py): what nginx
@@ -35,7 +36,6 @@ when the client reads slowly.
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import shutil
@@ -63,7 +63,7 @@ NGINX_ERRORS = (
     (400, 400, "malformed request: the request line, a header or the chunked body is not valid HTTP/1.x "
                "(an HTTP/1.1 request also needs one Host header)"),
     (403, 403, "forbidden: nginx may not read a file it serves (its reason is in the log)"),
-    (404, 404, routes.NO_SUCH_ROUTE),
+    (404, 404, routes.no_such_route()),
     (408, 408, "the request did not arrive in time: nginx waited 60 s for its headers or body"),
     (411, 411, "a request with a body needs a Content-Length or Transfer-Encoding: chunked"),
     (414, 414, f"URI too long: the request line may hold at most {HEADER_BUFFER - 2} bytes"),
@@ -120,34 +120,81 @@ def worker_connections() -> int:
     return max(64, min(4096, soft - 64))
 
 
+_SEGMENT_FREE = re.compile(r"<[A-Za-z_][A-Za-z0-9_]*>")
+
+
+def _quoted(text: str) -> str:
+    """`text` as an nginx string literal: single-quoted, with nginx's escapes (\\\\, \\', \\n)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
 def _json_text(message: str) -> str:
-    """A JSON body as an nginx string literal (single-quoted; nginx has no escapes but \\' and \\\\)."""
-    body = json.dumps({"error": message})
-    return "'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """An error's JSON body (routes.error_body, the workers' too) as an nginx string literal."""
+    return _quoted(routes.error_body(message).decode("utf-8"))
 
 
-def _route_maps(multi_model: bool = False) -> str:
+def _path_regex(route: routes.Route, segment: str) -> str:
+    """The route's path as an nginx regex (unquoted: a row's path holds only letters, digits
+    and `/._~-`), each <name> segment `segment`."""
+    return _SEGMENT_FREE.sub(segment, route.path.replace(".", "\\."))
+
+
+def _route_maps(table: Tuple[routes.Route, ...] = routes.TABLE) -> str:
     """$smsuper_route: the metrics' route label; $smsuper_allow: the route's Allow header.
 
     Both read the path as the client sent it ($request_uri): it is there even when an error
     page replaced the URI ($uri becomes /_smsuper/...) or the request line was never
     understood (then: `other`). A path nginx would normalise (//ping, /p%69ng) is `other` too:
     it is not a route as the platform sends it (and gunicorn would pass it on unnormalised)."""
-    labels = "".join(f"        ~^{path}(\\?|$) {path};\n" for path in routes.METHODS)
-    allows = "".join(f'        ~^{path}(\\?|$) "{routes.allow(path)}";\n' for path in routes.METHODS)
-    if multi_model:  # the most specific first: nginx takes the first regular expression that matches
-        for path in sorted(routes.MULTI_MODEL_METHODS, key=len, reverse=True):
-            labels += f'        "~{routes.pattern(path)}" "{path}";\n'
-            allows += f'        "~{routes.pattern(path)}" "{routes.allow(path)}";\n'
+    # $request_uri holds the query too: a segment stops at "?" as well as at "/".
+    uris = [f"~^{_path_regex(route, '[^/?]+')}(\\?|$)" for route in table]
+    labels = "".join(f"        {uri} {route.label};\n" for uri, route in zip(uris, table))
+    allows = "".join(f'        {uri} "{route.allow()}";\n' for uri, route in zip(uris, table))
     return (f"    map $request_uri $smsuper_route {{\n{labels}        default {routes.OTHER};\n    }}\n"
             f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n")
 
 
-def _method_check(path: str) -> str:
+def _method_check(route: routes.Route) -> str:
     """In a route's location: any other method is nginx's 405 (then in JSON, with Allow)."""
-    methods = routes.METHODS.get(path) or routes.MULTI_MODEL_METHODS[path]
-    return f"            if ($request_method !~ ^({'|'.join(methods)})$) {{\n" \
+    return f"            if ($request_method !~ ^({'|'.join(route.methods)})$) {{\n" \
            f"                return 405;\n            }}\n"
+
+
+def _location(route: routes.Route) -> str:
+    """`location = PATH` for an exact path; a regex location for a path with <name> segments
+    (nginx tries these in the table's order, after every exact one)."""
+    if route.pattern is None:
+        return f"location = {route.path}"
+    return f"location ~ ^{_path_regex(route, '[^/]+')}$"
+
+
+def _route_locations(runtime: RuntimeDir, table: Tuple[routes.Route, ...] = routes.TABLE) -> str:
+    """One location per row of the route table."""
+    blocks = []
+    for route in table:
+        if route.answered_by in (routes.MANAGER, routes.MODEL, routes.REFUSED):
+            from .multimodel import nginx_routes  # a multi-model endpoint's rows
+
+            # Its own 502 and 503 (a model unloaded while nginx read the body): the others repeated.
+            pages = _error_pages("            ", own_503=True).replace("            error_page 502 @died;\n", "")
+            blocks.append(nginx_routes.location(route, runtime, _location(route), _method_check(route), pages))
+        elif route.answered_by == routes.NGINX:
+            # What nginx answers itself, it answers from the readiness flag.
+            blocks.append(f"""        {_location(route)} {{
+{_method_check(route)}            if (-f {runtime.ready_flag}) {{
+                return 200 "";
+            }}
+            error_page 503 /_smsuper/ping-status;
+{_error_pages("            ", own_503=True)}            return 503;
+        }}
+""")
+        else:
+            streamed = "            proxy_buffering off;\n" if route.body == routes.STREAMED else ""
+            blocks.append(f"""        {_location(route)} {{
+{_method_check(route)}{streamed}            proxy_pass http://{UPSTREAM};
+        }}
+""")
+    return "".join(blocks)
 
 
 ERROR_PREFIX = "/_smsuper/error/"
@@ -172,16 +219,15 @@ def _error_locations(not_found: str) -> str:
     blocks = [f"        location = {ERROR_PREFIX}{made} {{\n            internal;\n"
               f"            return {answered} {_json_text(message)};\n        }}\n"
               for made, answered, message in NGINX_ERRORS]
-    # $smsuper_route is one of routes.METHODS here (else the route is unknown: 404), and
-    # nginx accepts only letters, "_" and "-" in a method, so the body stays JSON.
+    # $smsuper_route is a row's label here (else the route is unknown: 404), and nginx
+    # accepts only letters, "_" and "-" in a method, so the body stays JSON.
     blocks.append(
         "        location @not_allowed {\n"
         '            if ($smsuper_allow = "") {\n'
         f"                return 404 {not_found};\n"
         "            }\n"
         "            add_header Allow $smsuper_allow always;\n"
-        "            return 405 '{\"error\": \"method $request_method is not allowed on $smsuper_route: "
-        "use $smsuper_allow\"}';\n"
+        f"            return 405 {_json_text(routes.not_allowed('$request_method', '$smsuper_route', '$smsuper_allow'))};\n"
         "        }\n")
     return "".join(blocks)
 
@@ -206,7 +252,14 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
                            f"({config.max_payload_bytes} bytes)")
     too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
     died = _json_text("the model server failed this request: its worker died or the server is restarting")
-    not_found = _json_text(routes.NO_SUCH_ROUTE)
+    table = routes.table(multi_model)
+    not_found = _json_text(routes.no_such_route(table))
+    # A multi-model endpoint's access log also names the model and the seconds (PID 1 counts them per model).
+    mme_map, log_prefix, log_suffix = "", "'$smsuper_route $status '", ""
+    if multi_model:
+        from .multimodel import nginx_routes
+
+        mme_map, log_prefix, log_suffix = nginx_routes.model_map(), nginx_routes.LOG_PREFIX, nginx_routes.LOG_SUFFIX
     # nginx's figures for PID 1's metrics endpoint: on a unix socket in the runtime
     # directory, so nothing outside the container reaches them and no port is taken.
     status_server = f"""
@@ -221,22 +274,6 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
         }}
     }}
 """ if stub_status else ""
-    served_locations = f"""        location = /invocations {{
-{_method_check("/invocations")}            proxy_pass http://{UPSTREAM};
-        }}
-        location = /execution-parameters {{
-{_method_check("/execution-parameters")}            proxy_pass http://{UPSTREAM};
-        }}
-"""
-    mme_map, log_prefix, log_suffix = "", "'$smsuper_route $status '", ""
-    if multi_model:  # serve/multimodel/: the /models routes instead of the one model's
-        from .multimodel import nginx_routes
-
-        mme_map, log_prefix = nginx_routes.model_map(), nginx_routes.LOG_PREFIX
-        log_suffix = nginx_routes.LOG_SUFFIX
-        served_locations = nginx_routes.locations(
-            runtime, _method_check, lambda indent: _error_pages(indent, own_503=True).replace(
-                f"{indent}error_page 502 @died;\n", ""))
     return f"""# Written by smsuper serve at every start; edits are lost.
 {user}worker_processes {worker_processes};
 pid {runtime.nginx_pid};
@@ -252,7 +289,7 @@ http {{
     charset off;
     default_type application/json;
 {temp_paths}
-{_route_maps(multi_model)}{mme_map}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
+{_route_maps(table)}{mme_map}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
     # prints the rest, leaving out /ping unless SMSUPER_LOG_PING (the platform pings every few
     # seconds and would drown everything else).
     log_format smsuper {log_prefix}
@@ -290,19 +327,12 @@ http {{
         proxy_next_upstream off;
 
 {_error_pages("        ")}
-        location = /ping {{
-{_method_check("/ping")}            if (-f {runtime.ready_flag}) {{
-                return 200 "";
-            }}
-            error_page 503 /_smsuper/ping-status;
-{_error_pages("            ", own_503=True)}            return 503;
-        }}
-        location = /_smsuper/ping-status {{
+{_route_locations(runtime, table)}        location = /_smsuper/ping-status {{
             internal;
             etag off;
             alias {runtime.ping_status};
         }}
-{served_locations}        location / {{
+        location / {{
             return 404 {not_found};
         }}
 {_error_locations(not_found)}        location @too_large {{

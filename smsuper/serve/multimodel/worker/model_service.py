@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from typing import List, Optional
+from typing import List
 
-from ... import log
-from .. import codecs
-from ..config import ServeConfig
-from ..context import Context
-from ..handlers import Handlers, UserCodeError, code_directories, import_file, locate
-from ..runtime import RuntimeDir
-from ..service import FAILED, LOADING, READY, ModelService
-from . import layout
+from .... import log
+from ...config import ServeConfig
+from ...program import code_directories, locate
+from ...runtime import RuntimeDir
+from ...worker import codecs
+from ...worker.handlers import Handlers, UserCodeError, import_file
+from ...worker.service import FAILED, LOADING, READY, ModelService
+from .. import layout
 
 NO_ROOM, BAD_REQUEST, LOAD_ERROR = 507, 400, 500
 
@@ -59,7 +59,9 @@ class MultiModelService(ModelService):
             self.model_dir = model_directory(self.url)
             step = "importing the handler module"
             path = locate(self.config.program, code_places(self.model_dir, self.config))
-            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan)
+            # The handlers' context names this model's directory.
+            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan,
+                                     self.model_dir)
             step = "model_fn"
             codecs.numpy_module()
             self.model = self.handlers.load_model(self.model_dir)
@@ -97,8 +99,3 @@ class MultiModelService(ModelService):
         except OSError as failure:
             log.warning(f"cannot write {target}: {failure}")
 
-    def invoke(self, body: bytes, content_type: Optional[str], accept: Optional[str], context: Context):
-        if self.state != READY or self.handlers is None:
-            return super().invoke(body, content_type, accept, context)  # raises: not ready, or failed
-        context.model_dir = self.model_dir  # the handlers' context names this model's directory
-        return self.handlers.invoke(self.model, body, content_type, accept, context)

@@ -25,12 +25,12 @@ import select
 import time
 from typing import Any, List
 
-from ... import log, settings
-from .. import gunicorn_app
-from ..config import resolve
-from ..runtime import RuntimeDir
-from . import layout
-from .model_service import MultiModelService
+from .... import log, settings
+from ...config import resolve
+from ...master import gunicorn_app
+from ...runtime import RuntimeDir
+from .. import layout
+from ..worker.model_service import MultiModelService
 
 LOAD_FAILED = 3
 # The backlog must have been empty this long before the workers stop: nginx connects right
@@ -106,7 +106,7 @@ def main(args: List[str]) -> int:
     service.load()
     if not service.ready:
         return LOAD_FAILED
-    from ..app import create_app
+    from ...worker.app import create_app
 
     gunicorn_app._service = service  # post_worker_init marks a worker ready when this model is
     ModelApplication(service, create_app(service), options.bind, options.nginx_pidfile).run()
