@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -424,6 +425,7 @@ def memory_cgroup():
 
 BIG_MODEL = """
 import os
+import re
 
 def model_fn(model_dir):
     size = int(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mib.txt")).read())
@@ -523,3 +525,29 @@ def test_a_sha256_long_name_is_served_and_a_name_too_long_for_a_socket_path_is_r
         assert server.terminate() == 0
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+MODEL_SIDE = re.compile(r"\|\s+(smsuper\.(?:serve\.(?:master|worker|multimodel\.(?:master|worker))|metrics\.worker)"
+                        r"\b[\w.]*)")
+
+
+def test_pid1_of_a_multi_model_endpoint_imports_nothing_of_the_models_processes(endpoint, pyz):
+    # -X importtime on PID 1 alone (its children start without it): what PID 1 imported, through
+    # a load, an invocation, a listing, an unload and the stop.
+    server = endpoint(ready=False)  # for its environment and helpers: it is replaced at once
+    server.close()
+    env = dict(server.env, SAGEMAKER_BIND_TO_PORT=str(free_port()))
+    with open(server.stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable,
+                                 "-X", "importtime", str(pyz), "serve"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    server.proc, server.port = proc, int(env["SAGEMAKER_BIND_TO_PORT"])
+    server.wait_ready()
+    assert server.load("alpha").status_code == 200
+    assert server.invoke("alpha", [1]).status_code == 200
+    assert server.listing().status_code == 200
+    assert server.unload("alpha").status_code == 200
+    assert server.terminate() == 0
+    imports = server.stderr()
+    assert "smsuper.serve.multimodel.manager" in imports  # -X importtime did reach PID 1
+    assert MODEL_SIDE.findall(imports) == []
