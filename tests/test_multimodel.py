@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import pytest
 import requests
 
-from test_serve import WAIT_LIMIT, Server, background, eventually, free_port, title_of
+from test_serve import WAIT_LIMIT, Server, _tiny_wheel, background, eventually, free_port, title_of
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
                                 reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
@@ -551,3 +551,37 @@ def test_pid1_of_a_multi_model_endpoint_imports_nothing_of_the_models_processes(
     imports = server.stderr()
     assert "smsuper.serve.multimodel.manager" in imports  # -X importtime did reach PID 1
     assert MODEL_SIDE.findall(imports) == []
+
+
+NEEDS_TINYDEP = """
+import smsuper_tinydep
+
+def model_fn(model_dir):
+    return smsuper_tinydep.ANSWER
+
+def predict_fn(data, model):
+    return {"answer": model}
+"""
+
+
+def test_each_model_gets_its_own_requirements_installed_and_no_other_model_sees_them(endpoint):
+    server = endpoint(PIP_NO_INDEX="1")  # the wheel is local: no network
+    url = server.model("needs", code=NEEDS_TINYDEP)
+    wheel = _tiny_wheel(Path(url) / "code")
+    (Path(url) / "code" / "requirements.txt").write_text(f"./{wheel}\n")
+    loaded = server.load("needs", url)
+    assert loaded.status_code == 200, loaded.text
+    assert server.invoke("needs", [1]).json() == {"answer": 42}
+    # Installed into that model's own directory: another model without the requirement cannot import it.
+    other = server.load("other", server.model("other", code=NEEDS_TINYDEP))
+    assert other.status_code == 500 and "No module named 'smsuper_tinydep'" in other.json()["error"]
+    assert server.unload("needs").status_code == 200
+
+
+def test_a_model_with_requirements_is_refused_when_installs_are_off(endpoint):
+    server = endpoint(SMSUPER_INSTALL_REQUIREMENTS="false")
+    url = server.model("needs", code=NEEDS_TINYDEP)
+    (Path(url) / "code" / "requirements.txt").write_text("smsuper-tinydep\n")
+    refused = server.load("needs", url)
+    assert refused.status_code == 400 and "SMSUPER_INSTALL_REQUIREMENTS=false" in refused.json()["error"]
+    assert server.processes_of("needs") == []

@@ -4,7 +4,10 @@ The same handler functions and defaults as single-model serving (service.py);
 only where things are differs: the model is the directory the platform named
 (descending into its one sub-directory when it holds nothing else and that is
 not `code/`, as tarballs with a root directory extract), and its code is `code/SAGEMAKER_PROGRAM` inside
-it, else the image's handler module. A load failure is reported to PID 1 in
+it, else the image's handler module. A `code/requirements.txt` beside the model's own
+module is installed first, by pip, into the model's own runtime directory (so one
+model's pins never change another's, and an unload takes them away), or the load
+is refused when SMSUPER_INSTALL_REQUIREMENTS=false. A load failure is reported to PID 1 in
 `load-failure.json` with the status the load request gets: 507 for a
 MemoryError, 400 when the directory is missing, 500 for anything else.
 """
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import traceback
 from typing import List
 
-from .... import log
+from .... import log, settings
+from ... import requirements
 from ...config import ServeConfig
 from ...program import code_directories, locate
 from ...runtime import RuntimeDir
@@ -57,8 +63,11 @@ class MultiModelService(ModelService):
                 self.status = BAD_REQUEST
                 raise FileNotFoundError(f"url {self.url} is not a directory")
             self.model_dir = model_directory(self.url)
-            step = "importing the handler module"
             path = locate(self.config.program, code_places(self.model_dir, self.config))
+            if os.path.dirname(path) == os.path.join(self.model_dir, "code"):
+                step = "installing code/requirements.txt"
+                self._install(os.path.dirname(path))
+            step = "importing the handler module"
             # The handlers' context names this model's directory.
             self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan,
                                      self.model_dir)
@@ -73,12 +82,35 @@ class MultiModelService(ModelService):
         self.state = READY
         log.info(f"model {self.name} loaded from {self.model_dir} (code: {path})")
 
+    def _install(self, code_dir: str) -> None:
+        """pip install -r code/requirements.txt into this model's own directory, then onto sys.path."""
+        if not os.path.isfile(os.path.join(code_dir, requirements.REQUIREMENTS_FILE)):
+            return
+        if not settings.value("SMSUPER_INSTALL_REQUIREMENTS"):
+            self.status = BAD_REQUEST
+            raise RuntimeError(f"{code_dir}/requirements.txt is not installed: SMSUPER_INSTALL_REQUIREMENTS=false "
+                               f"on this endpoint. Install it into the image, or turn installs on")
+        plan = requirements.plan(code_dir, True, os.environ)
+        assert plan is not None
+        argv, env = plan
+        target = os.path.join(self.runtime.shared, "site-packages")
+        log.info(f"model {self.name}: installing {code_dir}/requirements.txt")
+        done = subprocess.run(argv + ["--target", target], cwd=code_dir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, check=False)
+        output = done.stdout.decode("utf-8", "replace").rstrip()
+        if output:
+            sys.stderr.write(output + "\n")
+        if done.returncode != 0:
+            last = output.splitlines()[-1] if output else "no output"
+            raise RuntimeError(f"pip install -r {code_dir}/requirements.txt failed (exit {done.returncode}): {last}")
+        sys.path.insert(0, target)
+
     def _fail(self, step: str, error: BaseException) -> None:
         cause = error.error if isinstance(error, UserCodeError) else error
         if isinstance(cause, MemoryError):
             self.status = NO_ROOM
             self.failure = f"model {self.name} ran out of memory while loading ({step})"
-        elif step == "finding the model":
+        elif step in ("finding the model", "installing code/requirements.txt"):
             self.failure = f"model {self.name}: {cause}"
         else:
             self.failure = f"model {self.name} failed to load ({step}): {type(cause).__name__}: {cause}"
