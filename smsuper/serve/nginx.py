@@ -120,9 +120,6 @@ def worker_connections() -> int:
     return max(64, min(4096, soft - 64))
 
 
-_SEGMENT_FREE = re.compile(r"<[A-Za-z_][A-Za-z0-9_]*>")
-
-
 def _quoted(text: str) -> str:
     """`text` as an nginx string literal: single-quoted, with nginx's escapes (\\\\, \\', \\n)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
@@ -136,7 +133,7 @@ def _json_text(message: str) -> str:
 def _path_regex(route: routes.Route, segment: str) -> str:
     """The route's path as an nginx regex (unquoted: a row's path holds only letters, digits
     and `/._~-`), each <name> segment `segment`."""
-    return _SEGMENT_FREE.sub(segment, route.path.replace(".", "\\."))
+    return routes.SEGMENT.sub(segment, route.path.replace(".", "\\."))
 
 
 def _route_maps(table: Tuple[routes.Route, ...] = routes.TABLE) -> str:

@@ -236,6 +236,10 @@ class RequestMetrics:
         except BaseException:
             request.finished()  # gunicorn answers 500
             raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and isinstance(body, file_wrapper):
+            request.finished()  # the server sends it with sendfile(), which a wrapper would hide
+            return body
         return _Sent(body, request)
 
 

@@ -84,7 +84,7 @@ class UserAppService(LoadState):
         self.app: Any = None
         # The rows smsuper answers when the app answers 404, and the health route(s).
         self.fallbacks = tuple(route for route in routes.TABLE if route.user_app == routes.FALLBACK)
-        self.health = {route.path for route in routes.TABLE if route.entry == "ping"}
+        self.health = {route.path for route in routes.TABLE if route.entry == routes.HEALTH}
         for route in self.fallbacks:
             if not callable(getattr(self, route.entry, None)):
                 raise TypeError(f"route {route.path} names the entry {route.entry}, which "
