@@ -103,7 +103,7 @@ TABLE: Tuple[Route, ...] = (
 # A multi-model endpoint's instead: models are loaded, listed and unloaded through PID 1,
 # invoked by name (serve/multimodel/nginx_routes.py renders the rows nginx does not pass on).
 MULTI_MODEL_TABLE: Tuple[Route, ...] = (
-    Route("/ping", ("GET", "HEAD"), "ping", answered_by=NGINX),
+    Route("/ping", ("GET", "HEAD"), HEALTH, answered_by=NGINX),
     Route("/models", ("GET", "POST"), "models", answered_by=MANAGER),
     Route("/models/<name>", ("GET", "DELETE"), "model", answered_by=MANAGER),
     Route("/models/<name>/invoke", ("POST",), "invoke", answered_by=MODEL),
