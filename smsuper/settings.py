@@ -159,6 +159,18 @@ def _port_range(text: str) -> Optional[Tuple[int, int]]:
     return (low, high)
 
 
+_STREAM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+# The platform's other routes (serve/routes.py) and nginx's internal locations.
+_TAKEN_PATHS = ("/ping", "/invocations", "/execution-parameters")
+
+
+def _stream_path(text: str) -> str:
+    path = text.strip()
+    if not _STREAM_PATH.fullmatch(path) or path in _TAKEN_PATHS or path.startswith("/_smsuper"):
+        raise ValueError(text)
+    return path
+
+
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(\))?)?$")
 
 
@@ -305,6 +317,14 @@ _DECLARED: Iterable[Setting] = (
     Setting("SMSUPER_WORKER_THREADS", _integer(1, 256), 1,
             "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.", "an integer >= 1",
             jobs=("serve",)),
+    Setting("SMSUPER_BIDIRECTIONAL_STREAM_PATH", _stream_path, "/invocations-bidirectional-stream",
+            "Path where serve accepts the platform's bidirectional streams (WebSocket connections, answered "
+            "by the handler module's stream_fn), for clients that name another path.",
+            "a path of letters, digits and ._~- segments, not /ping, /invocations or /execution-parameters",
+            jobs=("serve",)),
+    Setting("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER", _integer(1, 1024), 32,
+            "Bidirectional streams one gunicorn worker holds at once, each in threads of its own beside the "
+            "worker's requests; one more is refused with 503.", "an integer 1-1024", jobs=("serve",)),
     Setting("SMSUPER_PRELOAD_MODEL", _boolean, False,
             "Load the model once in the gunicorn master before forking, so workers share its memory.",
             "true or false", jobs=("serve",)),

@@ -99,8 +99,14 @@ def create_app(service: ModelService, table: Optional[Any] = None) -> Flask:
         if entry is None:
             raise TypeError(f"route {route.path} names the entry {route.entry}, which "
                             f"{type(service).__name__} does not have")
-        app.add_url_rule(route.path, endpoint=route.path, view_func=_view(entry), methods=route.methods,
+        view = _view(entry)
+        app.add_url_rule(route.path, endpoint=route.path, view_func=view, methods=route.methods,
                          provide_automatic_options=False)
+        if route.body == routes.UPGRADED:
+            # Werkzeug answers a request with `Upgrade: websocket` 400 unless a websocket rule
+            # matches it: the same view for both (a stream the worker did not take, websocket.py).
+            app.add_url_rule(route.path, endpoint=route.path + " websocket", view_func=view, methods=route.methods,
+                             provide_automatic_options=False, websocket=True)
     not_found = routes.no_such_route(table)
 
     @app.errorhandler(HTTPException)

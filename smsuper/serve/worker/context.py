@@ -56,6 +56,17 @@ class Context:
         return self._headers.get(name.lower(), default)
 
     @property
+    def path(self) -> str:
+        """The request's path, without its query."""
+        return (self._environ or {}).get("PATH_INFO", "")
+
+    @property
+    def query_string(self) -> str:
+        """The query as the client sent it (after `?`, still percent-encoded; `` without one):
+        `urllib.parse.parse_qs(context.query_string)` parses it."""
+        return (self._environ or {}).get("QUERY_STRING", "")
+
+    @property
     def custom_attributes(self) -> Optional[str]:
         return self.header(CUSTOM_ATTRIBUTES)
 

@@ -11,6 +11,10 @@ then /opt/ml/code. It may define:
   output_fn(prediction, accept)                      -> body      (default: codecs.encode)
   transform_fn(model, body, content_type, accept)    -> body      (instead of the three above)
   execution_parameters_fn()                          -> dict      (answers /execution-parameters)
+  stream_fn(model, messages)                         -> iterable of str or bytes
+        (a bidirectional stream: `messages` yields each WebSocket message the
+        client sends, str for text and bytes for binary; each item the
+        function yields goes back as one message of its kind: websocket.py)
 
 Each may take one more trailing parameter, `context` (see context.py).
 `body` is what the official toolkits pass: a str (decoded UTF-8) for
@@ -31,13 +35,15 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..program import HandlerError
 from . import codecs, negotiation
 from .context import Context
 from .errors import NotAcceptable, ServeError, status_of
 from .seam import Answer, Phases, Request
+
+Message = Union[str, bytes]  # one WebSocket message: text or binary
 
 
 def import_file(path: str) -> ModuleType:
@@ -123,6 +129,7 @@ class Handlers:
         self.output_fn = find("output_fn", 2)
         self.transform_fn = find("transform_fn", 4)
         self.execution_parameters_fn = find("execution_parameters_fn", 0)
+        self.stream_fn = find("stream_fn", 2)
         self._chosen: Dict[Optional[str], Optional[str]] = {}
         # The user decodes the body itself, or the default input_fn must know its type.
         self.user_decodes = self.transform_fn is not None or self.input_fn is not None
@@ -131,6 +138,13 @@ class Handlers:
 
     def load_model(self, model_dir: str) -> Any:
         return call(self.model_fn, Context(model_dir=model_dir), model_dir)
+
+    def stream(self, model: Any, messages: Iterator[Message], context: Context) -> Iterator[Message]:
+        """The outgoing messages of one bidirectional stream. The user's errors surface while
+        the result is iterated (stream_fn is usually a generator): the caller reports them."""
+        assert self.stream_fn is not None
+        result = self.stream_fn(context, model, messages)
+        return iter(()) if result is None else iter(result)
 
     # ---- one request ---------------------------------------------------------------
     def _response_type(self, accept_header: Optional[str]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ... import log
 from .. import readiness
@@ -25,7 +25,7 @@ from ..runtime import RuntimeDir
 from . import codecs
 from .context import Context
 from .errors import ModelLoadFailed, ModelNotReady
-from .handlers import Handlers, UserCodeError, call, import_file
+from .handlers import Handlers, Message, UserCodeError, call, import_file
 from .seam import JSON, Answer, Request
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
@@ -109,6 +109,34 @@ class ModelService(LoadState):
             raise ModelLoadFailed(self.failure)
         assert self.handlers is not None
         return self.handlers.invoke(self.model, request)
+
+    # ---- bidirectional streams (websocket.py serves them; these are the model's side) --------------
+    @property
+    def can_stream(self) -> bool:
+        return self.state == READY and self.handlers is not None and self.handlers.stream_fn is not None
+
+    def stream_messages(self, request: Request, messages: Iterator[Message]) -> Iterator[Message]:
+        """The outgoing messages of one stream; `request` is its upgrade request (path, query, headers)."""
+        assert self.handlers is not None
+        context = Context(environ=request.environ, model_dir=self.config.model_dir)
+        return self.handlers.stream(self.model, messages, context)
+
+    def bidirectional_stream(self, request: Request) -> Answer:
+        """The stream route as plain HTTP: what a request gets that the worker did not take as a
+        WebSocket (websocket.StreamServer.claims)."""
+        if self.state == LOADING:
+            raise ModelNotReady("the model is still loading")
+        if self.state == FAILED:
+            raise ModelLoadFailed(self.failure)
+        assert self.handlers is not None
+        if self.handlers.stream_fn is None:
+            return Answer.error(501, f"{request.path} serves bidirectional streams, and the handler module "
+                                     f"defines no stream_fn(model, messages, context)")
+        if (request.environ.get("HTTP_UPGRADE") or "").lower() != "websocket":
+            return Answer.error(426, f"{request.path} is a WebSocket (RFC 6455): open it with "
+                                     f"Upgrade: websocket", [("Upgrade", "websocket")])
+        return Answer.error(501, "bidirectional streams are served by the sync workers behind nginx: not with "
+                                 "SMSUPER_WORKER_THREADS > 1, nor without nginx")
 
     def execution_parameters(self, request: Request) -> Answer:
         function = self.handlers.execution_parameters_fn if self.handlers else None
