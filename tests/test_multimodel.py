@@ -95,24 +95,23 @@ def descendants(pid: int) -> List[int]:
 class Endpoint(Server):
     """A multi-model `smsuper serve`, with helpers for the /models routes."""
 
-    def __init__(self, pyz: Path, env: dict, base: Path, models: Path, gates: Path, cgroup: Optional[str] = None):
+    def __init__(self, pyz: Path, env: dict, base: Path, models: Path, gates: Path, cgroup: Optional[str] = None,
+                 python_flags: tuple = ()):
         self.models = models
         self.gates = gates
         self.env = env
-        if cgroup is None:
-            super().__init__(pyz, env, base)
-            return
-        # As Server does, but the whole namespace starts inside memory cgroup `cgroup`.
+        # As Server does, with PID 1's Python flags, and in memory cgroup `cgroup` when given.
         self.base = base
         self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
         self.stdout_path = base.parent / "stdout.txt"
         self.stderr_path = base.parent / "stderr.txt"
-        script = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, *python_flags,
+                str(pyz), "serve"]
+        if cgroup is not None:
+            argv = ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh", cgroup, *argv]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                ["sh", "-c", script, "sh", cgroup, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-                 sys.executable, str(pyz), "serve"],
-                env=env, cwd=str(base), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(argv, env=env, cwd=str(base), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=err)
 
     def model(self, name: str, code: str = MODEL_CODE, root: str = "") -> str:
         """Lay out model `name` as the platform extracts it; returns its url."""
@@ -157,7 +156,7 @@ def endpoint(pyz, base_env, tmp_path):
     started: List[Endpoint] = []
 
     def start(image_code: Optional[str] = None, ready: bool = True, cgroup: Optional[str] = None,
-              **extra: str) -> Endpoint:
+              python_flags: tuple = (), **extra: str) -> Endpoint:
         base = tmp_path / "ml"
         (base / "code").mkdir(parents=True, exist_ok=True)
         if image_code is not None:
@@ -172,7 +171,7 @@ def endpoint(pyz, base_env, tmp_path):
                     "SAGEMAKER_BIND_TO_PORT": str(free_port()), "SMSUPER_RUNTIME_DIR": str(tmp_path / "run"),
                     "SMSUPER_METRICS_PORT": str(free_port()), "TEST_GATES": str(gates)})
         env.update(extra)
-        server = Endpoint(pyz, env, base, tmp_path / "models", gates, cgroup)
+        server = Endpoint(pyz, env, base, tmp_path / "models", gates, cgroup, python_flags)
         started.append(server)
         if ready:
             server.wait_ready()
@@ -531,18 +530,10 @@ MODEL_SIDE = re.compile(r"\|\s+(smsuper\.(?:serve\.(?:master|worker|multimodel\.
                         r"\b[\w.]*)")
 
 
-def test_pid1_of_a_multi_model_endpoint_imports_nothing_of_the_models_processes(endpoint, pyz):
+def test_pid1_of_a_multi_model_endpoint_imports_nothing_of_the_models_processes(endpoint):
     # -X importtime on PID 1 alone (its children start without it): what PID 1 imported, through
     # a load, an invocation, a listing, an unload and the stop.
-    server = endpoint(ready=False)  # for its environment and helpers: it is replaced at once
-    server.close()
-    env = dict(server.env, SAGEMAKER_BIND_TO_PORT=str(free_port()))
-    with open(server.stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable,
-                                 "-X", "importtime", str(pyz), "serve"], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
-    server.proc, server.port = proc, int(env["SAGEMAKER_BIND_TO_PORT"])
-    server.wait_ready()
+    server = endpoint(python_flags=("-X", "importtime"))
     assert server.load("alpha").status_code == 200
     assert server.invoke("alpha", [1]).status_code == 200
     assert server.listing().status_code == 200
