@@ -287,15 +287,25 @@ _DECLARED: Iterable[Setting] = (
     Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
             "Seconds a request may take; nginx and gunicorn timeouts both follow it.", "an integer 1-3600",
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
+    Setting("SMSUPER_STREAM_TIMEOUT", _number(0.0), 3600.0,
+            "Seconds a streamed answer may last in all (0: no bound); the gap between two chunks is "
+            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", "a number of seconds >= 0", jobs=("serve",),
+            default_doc="3600"),
+    Setting("SAGEMAKER_ENABLE_STATEFUL_SESSIONS", _boolean, False,
+            "Stateful sessions: X-Amzn-SageMaker-Session-Id: NEW_SESSION creates one, whose store "
+            "handlers read and write through context.session.", "true or false", jobs=("serve",)),
+    Setting("SAGEMAKER_SESSIONS_EXPIRATION", _integer(1, 7 * 24 * 3600), 1200,
+            "Seconds a stateful session lives after it was created.", "an integer of seconds >= 1",
+            jobs=("serve",)),
     Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
             "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
     Setting("SMSUPER_JSON_ALLOW_NAN", _boolean, False,
             "Let the default JSON codecs read and write NaN, Infinity and -Infinity as Python does (not "
             "standard JSON). Off: such input is a 400 and such predictions are written as null.",
             "true or false", jobs=("serve",)),
-    Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 100), 6,
-            "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100).",
-            "an integer 1-100", jobs=("serve",)),
+    Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 1024), 6,
+            "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100, "
+            "asynchronous inference up to 1 GB).", "an integer 1-1024", jobs=("serve",)),
     Setting("SAGEMAKER_MULTI_MODEL", _boolean, False,
             "Set by the platform for a multi-model endpoint: models are loaded, invoked and unloaded at run "
             "time through /models (docs/serving.md), each in its own processes.", "true or false",

@@ -53,6 +53,9 @@ class ServeConfig:
     submit_directory: str
     log_level: str
     streams_per_worker: int = 32  # SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER
+    stream_timeout: float = 3600.0  # seconds a streamed answer may last in all (0: no bound)
+    sessions: bool = False  # stateful sessions (worker/sessions.py)
+    sessions_expiration: int = 1200
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -123,4 +126,7 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
         log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
         streams_per_worker=get("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER"),
+        stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
+        sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),
+        sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
     )

@@ -191,6 +191,9 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
         _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
         _heartbeat.start()
+        from ..worker import streaming
+
+        streaming.set_heartbeat(worker.notify)  # a stream keeps the worker alive while chunks flow
 
     def post_worker_init(worker: Any) -> None:
         if _heartbeat is not None:

@@ -14,6 +14,7 @@ table's rows give, serve/routes.py) are the inference side of the seam
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from typing import Any, Iterator, Optional
 
@@ -27,6 +28,7 @@ from .context import Context
 from .errors import ModelLoadFailed, ModelNotReady
 from .handlers import Handlers, Message, UserCodeError, call, import_file
 from .seam import JSON, Answer, Request
+from .sessions import SessionStore, serve as serve_in_session
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
@@ -61,6 +63,17 @@ class ModelService(LoadState):
         super().__init__(config, runtime)
         self.handlers: Optional[Handlers] = None
         self.model: Any = None
+        self.sessions: Optional[SessionStore] = None
+
+    def _open_sessions(self) -> None:
+        """SAGEMAKER_ENABLE_STATEFUL_SESSIONS: the store in the servers' runtime directory."""
+        if not self.config.sessions:
+            return
+        import tempfile
+
+        place = self.runtime.shared if self.runtime is not None else tempfile.gettempdir()
+        self.sessions = SessionStore(os.path.join(place, "sessions"), self.config.sessions_expiration)
+        self.sessions.start_sweeping()
 
     def load(self) -> None:
         self._status(LOADING, "the model is loading")
@@ -72,6 +85,8 @@ class ModelService(LoadState):
             step = "model_fn"
             codecs.numpy_module()  # import numpy now, not during the first request
             self.model = self.handlers.load_model(self.config.model_dir)
+            step = "opening the session store (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
+            self._open_sessions()
         except BaseException as error:  # SystemExit from a user module is a load failure too
             if isinstance(error, KeyboardInterrupt):
                 raise
@@ -107,8 +122,11 @@ class ModelService(LoadState):
             raise ModelNotReady("the model is still loading")
         if self.state == FAILED:
             raise ModelLoadFailed(self.failure)
-        assert self.handlers is not None
-        return self.handlers.invoke(self.model, request)
+        handlers = self.handlers
+        assert handlers is not None
+        if self.sessions is None:
+            return handlers.invoke(self.model, request)
+        return serve_in_session(self.sessions, request, lambda session: handlers.invoke(self.model, request, session))
 
     # ---- bidirectional streams (websocket.py serves them; these are the model's side) --------------
     @property
