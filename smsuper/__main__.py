@@ -54,6 +54,7 @@ JOBS: Dict[str, str] = {
     "serve": "smsuper.serve.job:main",
     # Internal: children smsuper starts from its own pyz (selfcmd.py). Users never type these.
     "_gunicorn": "smsuper.serve.master.gunicorn_app:main",
+    "_model": "smsuper.serve.multimodel.master.model_server:main",
     "_s3-download": "smsuper.usercode.s3_child:main",
 }
 COMMAND = "smsuper.passthrough:main"  # any other word: the command itself, run like tini

@@ -9,4 +9,5 @@ SCRIPT = "script"  # the training program
 PIP = "pip"  # pip install of the user's requirements, before the script or the servers
 GUNICORN = "gunicorn"  # the gunicorn master
 NGINX = "nginx"  # the nginx master
+MODEL = "model"  # a multi-model endpoint's model: its own gunicorn master, "model NAME"
 S3_DOWNLOAD = "s3-download"  # the child that downloads the user's code from S3

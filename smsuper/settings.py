@@ -354,8 +354,9 @@ _DECLARED: Iterable[Setting] = (
     # The seed's serve script read MODEL_SERVER_WORKERS and MODEL_SERVER_TIMEOUT: images built
     # from it still set them.
     Setting("SAGEMAKER_MODEL_SERVER_WORKERS", _integer(1, 1024), None,
-            "Number of gunicorn workers.", jobs=("serve",),
-            default_doc="the CPUs this container may use", aliases=("MODEL_SERVER_WORKERS",)),
+            "Number of gunicorn workers (with SAGEMAKER_MULTI_MODEL: per model).", jobs=("serve",),
+            default_doc="the CPUs this container may use; 1 per model with SAGEMAKER_MULTI_MODEL",
+            aliases=("MODEL_SERVER_WORKERS",)),
     Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
             "Seconds a request may take; nginx and gunicorn timeouts both follow it.",
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
@@ -376,6 +377,12 @@ _DECLARED: Iterable[Setting] = (
     Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 1024), 6,
             "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100, "
             "asynchronous inference up to 1 GB).", jobs=("serve",)),
+    Setting("SAGEMAKER_MULTI_MODEL", _boolean, False,
+            "Set by the platform for a multi-model endpoint: models are loaded, invoked and unloaded at run "
+            "time through /models (docs/serving.md), each in its own processes.", jobs=("serve",)),
+    Setting("SMSUPER_MODEL_MEMORY_MARGIN_MB", _integer(0, what="an integer of MiB"), 128,
+            "With SAGEMAKER_MULTI_MODEL: MiB of the memory limit kept free; a load that would leave less "
+            "(judged by what the loaded models take) is refused with 507.", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH", _boolean, False,
             "Set by batch transform.", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH_STRATEGY", _choice("MULTI_RECORD", "SINGLE_RECORD"), "MULTI_RECORD",

@@ -168,6 +168,12 @@ class Supervisor:
         self.children.append(child)
         return child
 
+    def forget(self, child: Child) -> None:
+        """Drop an exited child from the table for good (a model unloaded at run time): a
+        job that starts children on demand must not keep every one it ever ran."""
+        if not child.alive and child in self.children:
+            self.children.remove(child)
+
     # `chore=True`: the callback is not what the job exists for (the metrics endpoint): if it
     # raises, a warning, and the job carries on. Otherwise a raise stops the job gracefully.
     def call_later(self, delay: float, callback: Callable[[], None], chore: bool = False) -> _Timer:

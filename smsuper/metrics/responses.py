@@ -32,7 +32,8 @@ class ResponseCounts:
     def __init__(self) -> None:
         self.counts: Dict[Tuple[str, str], int] = {}
         # nginx wrote the label of the route table's row (nginx.py); anything else is `other`.
-        self.labels = {route.label.encode("ascii"): route.label for route in routes.TABLE}
+        self.labels = {route.label.encode("ascii"): route.label
+                       for route in (*routes.TABLE, *routes.MULTI_MODEL_TABLE)}
 
     def add(self, route: bytes, code: bytes) -> None:
         if len(code) != 3 or not code.isdigit():

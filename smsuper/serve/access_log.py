@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from .. import log
 from ..init.relay import MAX_PENDING, READ_SIZE, write_all
@@ -36,7 +36,8 @@ PING = frozenset(route.label.encode("ascii") for route in routes.TABLE if route.
 
 class AccessLogRelay:
     def __init__(self, path: str, owner: Optional[Tuple[int, int]] = None, as_json: bool = False,
-                 counts: Optional["ResponseCounts"] = None, log_ping: bool = False):
+                 counts: Optional["ResponseCounts"] = None, log_ping: bool = False,
+                 per_model: Optional[Callable[[bytes, bytes, bytes], None]] = None):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -55,6 +56,9 @@ class AccessLogRelay:
         self._pending = b""
         self._counts = counts
         self._log_ping = log_ping
+        # A multi-model endpoint's lines carry two more fields, the model and the seconds
+        # (multimodel/nginx_routes.py), handed to `per_model(model, status, seconds)`.
+        self._per_model = per_model
 
     def pump(self) -> None:
         """Count and copy what nginx has written; called by PID 1's loop when the FIFO is readable."""
@@ -86,10 +90,15 @@ class AccessLogRelay:
 
     def _count(self, line: bytes) -> bytes:
         """The part of `line` to print (empty: nothing), after counting its route and status."""
-        fields = line.split(b" ", 2)
-        if len(fields) < 3:
+        fields = line.split(b" ", 4 if self._per_model else 2)
+        if len(fields) < (5 if self._per_model else 3):
             return line
-        route, status, text = fields
+        if self._per_model:
+            route, status, model, seconds, text = fields
+            if model != b"-":
+                self._per_model(model, status, seconds)
+        else:
+            route, status, text = fields
         if self._counts is not None:
             self._counts.add(route, status)
         if route in PING and not self._log_ping:

@@ -58,6 +58,8 @@ FIELDS = (
     "stream_timeout",  # seconds a streamed answer may last in all (0: no bound)
     "sessions",  # stateful sessions (worker/sessions.py)
     "sessions_expiration",
+    "multi_model",  # SAGEMAKER_MULTI_MODEL: models loaded at run time (multimodel/)
+    "model_memory_margin_mb",
 )
 
 
@@ -145,7 +147,9 @@ def resolve(environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
     def get(name: str):
         return settings.value(name, environ, JOB)
 
-    count = get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers()
+    multi_model = get("SAGEMAKER_MULTI_MODEL")
+    # One worker per model by default (each model has its own): the official toolkit's MME default.
+    count = get("SAGEMAKER_MODEL_SERVER_WORKERS") or (1 if multi_model else default_workers())
     return ServeConfig(
         port=get("SAGEMAKER_BIND_TO_PORT"),
         workers=count,
@@ -175,4 +179,6 @@ def resolve(environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
         stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
         sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),
         sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
+        multi_model=multi_model,
+        model_memory_margin_mb=get("SMSUPER_MODEL_MEMORY_MARGIN_MB"),
     )

@@ -103,6 +103,7 @@ class ServeJob(lifecycle.Job):
         self.access_log: Optional[AccessLogRelay] = None
         self.responses = None  # metrics.responses.ResponseCounts, fed by the access log, when metrics are on
         self.start_failure: Optional[SpawnError] = None
+        self.multi_model = None  # multimodel.endpoint.MultiModelEndpoint with SAGEMAKER_MULTI_MODEL=true
 
     # ---- the lifecycle's steps ----------------------------------------------------
     def begin(self) -> None:
@@ -112,6 +113,9 @@ class ServeJob(lifecycle.Job):
 
     def prepare(self, account: privileges.Workload) -> None:
         config = self.config = resolve()
+        if config.multi_model and (config.app or not nginx.find(config.nginx)):
+            raise JobFailure("SAGEMAKER_MULTI_MODEL=true needs nginx (SMSUPER_NGINX) and handler functions (each "
+                             "model's code/inference.py, or the image's), not SMSUPER_APP")
         self.metrics_port = metrics_port.choose(config.port)  # a clash with the serving port stops the job (exit 2)
         if config.submit_directory.startswith("s3://"):  # a framework model deployed with source_dir
             from ..usercode import remote  # only then: PID 1 carries no tarfile otherwise
@@ -125,7 +129,11 @@ class ServeJob(lifecycle.Job):
                 self.code_dir = os.path.dirname(locate(config.program, code_directories(config.base_dir,
                                                                                         config.submit_directory)))
             except HandlerError as error:
-                raise JobFailure(str(error)) from None
+                if not config.multi_model:
+                    raise JobFailure(str(error)) from None
+                # Each model may bring its own code/inference.py; the image need not have one.
+                log.info(f"no handler module {config.program} in the image: each model needs its own "
+                         f"code/{config.program}")
         # The model may arrive in a 0700 directory (the SDK extracts it into one): never start a
         # server whose model_fn could not read it (init/inputs.py).
         account = inputs.choose(account, [config.model_dir, self.code_dir or ""],
@@ -134,9 +142,12 @@ class ServeJob(lifecycle.Job):
             runtime_root = runtime_dir.choose(config.runtime_dir, account)
         except runtime_dir.RuntimeDirError as error:
             raise JobFailure(str(error)) from None
-        log.info(f"serving on port {config.port}: {config.workers} worker(s)"
+        multi = config.multi_model
+        log.info(f"serving on port {config.port}{' (multi-model endpoint)' if multi else ''}: "
+                 f"{config.workers} worker(s){' per model' if multi else ''}"
                  f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
-                 f"{'app ' + config.app if config.app else 'handlers from ' + str(self.code_dir)}")
+                 f"{'app ' + config.app if config.app else 'handlers from ' + str(self.code_dir or 'each model')}"
+                 f"{' (each model: its own code/ first)' if multi and self.code_dir else ''}")
         # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.
         self.credentials = account.credentials
         self.owner = account.owner
@@ -148,6 +159,10 @@ class ServeJob(lifecycle.Job):
             log.info(f"the servers start in {self.cwd}: smsuper's working directory cannot be reached by "
                      f"{account.describe()}")
         self.nginx_binary = nginx.find(config.nginx)
+        if config.multi_model:
+            from .multimodel.endpoint import MultiModelEndpoint
+
+            self.multi_model = MultiModelEndpoint(self)
 
     def title(self) -> str:
         return "smsuper: init [serve]"
@@ -185,12 +200,13 @@ class ServeJob(lifecycle.Job):
         try:
             with open(self.runtime.nginx_conf, "w") as handle:
                 handle.write(nginx.render(self.config, self.runtime, version, workers, as_root,
-                                          stub_status=self.stub_status))
+                                          stub_status=self.stub_status, multi_model=self.multi_model is not None))
         except OSError as error:  # a failed write() or close() names no file: say which
             raise OSError(error.errno, error.strerror, self.runtime.nginx_conf) from None
         self._remove_status_socket()
         self.access_log = AccessLogRelay(self.runtime.access_log, self.owner, self.config.log_format == "json",
-                                         counts=self.responses, log_ping=self.config.log_ping)
+                                         counts=self.responses, log_ping=self.config.log_ping,
+                                         per_model=self.multi_model.manager.request_done if self.multi_model else None)
         self.supervisor.add_reader(self.access_log.fd, self.access_log.pump)
         return ChildSpec(role=roles.NGINX, argv=nginx.argv(self.nginx_binary, self.runtime, version), cwd=self.cwd,
                          credentials=_nginx_credentials(self.credentials), relay=True, stop_signal=signal.SIGQUIT,
@@ -206,6 +222,8 @@ class ServeJob(lifecycle.Job):
         directory = self.runtime.metrics_dir
         multiproc.prepare(directory, self.owner)
         collectors = [multiproc.collector(directory), serving_state.collector(self.runtime, self.config)]
+        if self.multi_model:
+            collectors.append(self.multi_model.manager.collect)
         if self.nginx_binary:
             # What clients got, from nginx's access log; the workers then count nothing themselves.
             from ..metrics.responses import ResponseCounts
@@ -241,6 +259,11 @@ class ServeJob(lifecycle.Job):
                         f"{self.config.port} itself. /ping then goes to the workers and can wait behind "
                         f"predictions, and a request past the timeout loses its connection instead of a 504")
         try:
+            if self.multi_model:  # nginx in front of PID 1's /models API; each model brings its own gunicorn
+                self.multi_model.start()
+                self.supervisor.start(self._nginx_spec())
+                self.multi_model.serving()
+                return
             self.supervisor.start(self._gunicorn_spec())
             if self.nginx_binary:
                 self.supervisor.start(self._nginx_spec())

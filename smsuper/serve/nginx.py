@@ -146,7 +146,7 @@ def _path_regex(route: routes.Route, segment: str) -> str:
     return routes.SEGMENT.sub(segment, route.path.replace(".", "\\."))
 
 
-def _route_maps() -> str:
+def _route_maps(table: Tuple[routes.Route, ...] = routes.TABLE) -> str:
     """$smsuper_route: the metrics' route label; $smsuper_allow: the route's Allow header.
 
     Both read the path as the client sent it ($request_uri): it is there even when an error
@@ -154,9 +154,9 @@ def _route_maps() -> str:
     understood (then: `other`). A path nginx would normalise (//ping, /p%69ng) is `other` too:
     it is not a route as the platform sends it (and gunicorn would pass it on unnormalised)."""
     # $request_uri holds the query too: a segment stops at "?" as well as at "/".
-    uris = [f"~^{_path_regex(route, '[^/?]+')}(\\?|$)" for route in routes.TABLE]
-    labels = "".join(f"        {uri} {route.label};\n" for uri, route in zip(uris, routes.TABLE))
-    allows = "".join(f'        {uri} "{route.allow()}";\n' for uri, route in zip(uris, routes.TABLE))
+    uris = [f"~^{_path_regex(route, '[^/?]+')}(\\?|$)" for route in table]
+    labels = "".join(f"        {uri} {route.label};\n" for uri, route in zip(uris, table))
+    allows = "".join(f'        {uri} "{route.allow()}";\n' for uri, route in zip(uris, table))
     # The Connection header of an upgraded row: `upgrade` when the client asks for one, else
     # none (nginx then keeps its connection to the worker for the next request).
     upgrade = '    map $http_upgrade $smsuper_upgrade {\n        default upgrade;\n        "" "";\n    }\n'
@@ -178,11 +178,17 @@ def _location(route: routes.Route) -> str:
     return f"location ~ ^{_path_regex(route, '[^/]+')}$"
 
 
-def _route_locations(runtime: RuntimeDir) -> str:
+def _route_locations(runtime: RuntimeDir, table: Tuple[routes.Route, ...] = routes.TABLE) -> str:
     """One location per row of the route table."""
     blocks = []
-    for route in routes.TABLE:
-        if route.answered_by == routes.NGINX:
+    for route in table:
+        if route.answered_by in (routes.MANAGER, routes.MODEL, routes.REFUSED):
+            from .multimodel import nginx_routes  # a multi-model endpoint's rows
+
+            # Its own 502 and 503 (a model unloaded while nginx read the body): the others repeated.
+            pages = _error_pages("            ", own_503=True).replace("            error_page 502 @died;\n", "")
+            blocks.append(nginx_routes.location(route, runtime, _location(route), _method_check(route), pages))
+        elif route.answered_by == routes.NGINX:
             # What nginx answers itself, it answers from the readiness flag.
             blocks.append(f"""        {_location(route)} {{
 {_method_check(route)}            if (-f {runtime.ready_flag}) {{
@@ -252,7 +258,7 @@ def _error_locations(not_found: str) -> str:
 
 def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, worker_processes: int,
            root_workers_as: Optional[Tuple[str, str]] = None, log_level: str = "warn",
-           stub_status: bool = False) -> str:
+           stub_status: bool = False, multi_model: bool = False) -> str:
     """nginx.conf. `root_workers_as` (user, group): when nginx starts as root, its
     workers would otherwise become `nobody`, who cannot enter the runtime directory."""
     # One buffer more than the limit: a chunked body of exactly the limit then
@@ -271,7 +277,14 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
                            f"({config.max_payload_bytes} bytes)")
     too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
     died = _json_text("the model server failed this request: its worker died or the server is restarting")
-    not_found = _json_text(routes.no_such_route())
+    table = routes.table(multi_model)
+    not_found = _json_text(routes.no_such_route(table))
+    # A multi-model endpoint's access log also names the model and the seconds (PID 1 counts them per model).
+    mme_map, log_prefix, log_suffix = "", "'$smsuper_route $status '", ""
+    if multi_model:
+        from .multimodel import nginx_routes
+
+        mme_map, log_prefix, log_suffix = nginx_routes.model_map(), nginx_routes.LOG_PREFIX, nginx_routes.LOG_SUFFIX
     # nginx's figures for PID 1's metrics endpoint: on a unix socket in the runtime
     # directory, so nothing outside the container reaches them and no port is taken.
     status_server = f"""
@@ -301,12 +314,12 @@ http {{
     charset off;
     default_type application/json;
 {temp_paths}
-{_route_maps()}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
+{_route_maps(table)}{mme_map}    # Each line starts with the route label and the status PID 1 counts (access_log.py); PID 1
     # prints the rest, leaving out /ping unless SMSUPER_LOG_PING (the platform pings every few
     # seconds and would drown everything else).
-    log_format smsuper '$smsuper_route $status '
+    log_format smsuper {log_prefix}
                        '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent '
-                       '$request_time $upstream_response_time';
+                       '$request_time $upstream_response_time{log_suffix}';
     # Lines are batched up to 4 KiB (at most 1 s late): one wake-up of PID 1 per batch
     # instead of per request, and 4 KiB is PIPE_BUF, so each write into the FIFO stays atomic.
     access_log {runtime.access_log} smsuper buffer=4k flush=1s;
@@ -340,7 +353,7 @@ http {{
         proxy_next_upstream invalid_header non_idempotent;
 
 {_error_pages("        ")}
-{_route_locations(runtime)}        location = /_smsuper/ping-status {{
+{_route_locations(runtime, table)}        location = /_smsuper/ping-status {{
             internal;
             etag off;
             alias {runtime.ping_status};

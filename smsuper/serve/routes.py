@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 # Who answers a route when nginx is in front (without nginx, the workers answer every route).
 NGINX = "nginx"    # nginx itself, from the readiness flag: never queued behind predictions
 WORKER = "worker"  # nginx passes it to a worker
+# Who answers a route of a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true, serve/multimodel/).
+MANAGER = "manager"  # PID 1's model table, over its unix socket (serve/multimodel/api.py)
+MODEL = "model"      # the workers of the model the path's <name> names, over that model's socket
+REFUSED = "refused"  # nginx answers 400 itself, saying which route to use instead
+ANSWERED_BY = (NGINX, WORKER, MANAGER, MODEL, REFUSED)
 # How nginx passes a worker's answer on.
 BUFFERED = "buffered"  # whole, so the sync worker is free again however slowly the client reads
 STREAMED = "streamed"  # as the worker writes it (chunked answers, server-sent events)
@@ -61,7 +66,8 @@ class Route:
 
     def __init__(self, path: str, methods: Tuple[str, ...], entry: str, answered_by: str = WORKER,
                  body: str = BUFFERED, user_app: str = APP, label: Optional[str] = None):
-        if answered_by not in (NGINX, WORKER) or body not in (BUFFERED, STREAMED, UPGRADED) or user_app not in (APP, FALLBACK):
+        if answered_by not in ANSWERED_BY or body not in (BUFFERED, STREAMED, UPGRADED) or \
+                user_app not in (APP, FALLBACK):
             raise ValueError(f"route {path}: answered_by, body or user_app is not one of the known values")
         if not _PATH.match(path) or not methods or not all(m.isalpha() and m.isupper() for m in methods):
             raise ValueError(f"route {path}: a path is / and letters, digits, ._~- or <name> segments; "
@@ -109,6 +115,22 @@ TABLE: Tuple[Route, ...] = (
     Route("/execution-parameters", ("GET", "HEAD"), "execution_parameters", user_app=FALLBACK),
     Route(_stream_path(), ("GET",), "bidirectional_stream", body=UPGRADED),
 )
+# A multi-model endpoint's instead: models are loaded, listed and unloaded through PID 1,
+# invoked by name (serve/multimodel/nginx_routes.py renders the rows nginx does not pass on).
+MULTI_MODEL_TABLE: Tuple[Route, ...] = (
+    Route("/ping", ("GET", "HEAD"), HEALTH, answered_by=NGINX),
+    Route("/models", ("GET", "POST"), "models", answered_by=MANAGER),
+    Route("/models/<name>", ("GET", "DELETE"), "model", answered_by=MANAGER),
+    Route("/models/<name>/invoke", ("POST",), "invoke", answered_by=MODEL),
+    Route("/invocations", ("POST",), "invoke", answered_by=REFUSED),
+)
+
+
+def table(multi_model: bool = False) -> Tuple[Route, ...]:
+    """The routes of this endpoint."""
+    return MULTI_MODEL_TABLE if multi_model else TABLE
+
+
 # The `route` label of every other path (bounded label values).
 OTHER = "other"
 
@@ -128,7 +150,7 @@ def labels(table: Optional[Tuple[Route, ...]] = None) -> Dict[str, str]:
 
 def no_such_route(table: Optional[Tuple[Route, ...]] = None) -> str:
     """The 404 text, nginx's and the workers'."""
-    paths = [route.path for route in (table if table is not None else TABLE)]
+    paths = [route.path for route in (table if table is not None else TABLE) if route.answered_by != REFUSED]
     listed = paths[0] if len(paths) == 1 else ", ".join(paths[:-1]) + " or " + paths[-1]
     return f"no such route: use {listed}"
 
