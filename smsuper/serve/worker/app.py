@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -97,9 +97,9 @@ def _view(entry: Callable[[Request], Answer], stream_timeout: float) -> Callable
     return view
 
 
-def create_app(service: ModelService, table: Optional[Any] = None) -> Flask:
-    """`table`: the route table (routes.TABLE unless given)."""
-    table = routes.TABLE if table is None else table
+def create_app(service: ModelService) -> Flask:
+    """The app: a rule per row of routes.TABLE, answered by the service's entry of the row's name."""
+    table = routes.TABLE
     app = Flask("smsuper.serve")
     # nginx enforces the limit first; this keeps it when gunicorn faces clients itself.
     app.config["MAX_CONTENT_LENGTH"] = service.config.max_payload_bytes
