@@ -24,11 +24,8 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import requests
 
-from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import WAIT_LIMIT, eventually, host_pid, in_flight, background, serve  # noqa: F401 (fixture)
-from test_train import environment as train_environment
-from test_train import layout as train_layout
-from test_train import train_command
+from helpers import (WAIT_LIMIT, background, client_for, eventually, host_pid, in_flight, parse, scrape,
+                     serving_with_metrics, train_command, train_environment, train_layout)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -241,7 +238,6 @@ def test_an_object_valued_hyperparameter_keeps_its_password_out_of_the_debug_log
 
 def test_the_app_refuses_a_wrong_method_with_allow_and_json(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from test_serve_app import client_for  # the source tree's app, in-process
 
     client = client_for(tmp_path)
     for method, path, allow in [("OPTIONS", "/invocations", "POST"), ("OPTIONS", "/ping", "GET, HEAD"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,49 +21,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import pytest
 import requests
 
-from test_serve import GATED_MODEL, background, eventually, free_port, in_flight, serve  # noqa: F401 (fixture)
-from test_train import environment as train_environment
-from test_train import layout as train_layout
-from test_train import train_command
-
-WAIT_LIMIT = 90
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-
-Labels = Tuple[Tuple[str, str], ...]
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-# ---- reading a scrape ---------------------------------------------------------------------------
-
-def parse(text: str) -> Dict[Tuple[str, Labels], float]:
-    """Every sample of a text exposition, keyed by name and sorted labels."""
-    found = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        labels = tuple(sorted(_LABEL.findall(match.group(2) or "")))
-        found[(match.group(1), labels)] = float(match.group(3))
-    return found
-
-
-def value(samples: Dict[Tuple[str, Labels], float], metric: str, /, **labels: str) -> Optional[float]:
-    return samples.get((metric, tuple(sorted(labels.items()))))
-
-
-def scrape(port: int) -> str:
-    response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return response.text
+from helpers import (PROMETHEUS, PROMTOOL, WAIT_LIMIT, background, eventually, free_port, in_flight, metrics_env, parse,
+                     scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
 
 
 def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
@@ -114,18 +76,6 @@ def promtool_complaints(text: str) -> str:
     checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
                              timeout=60)
     return "" if checked.returncode == 0 and not checked.stdout.strip() else checked.stdout + checked.stderr
-
-
-def metrics_env(**extra: str) -> Dict[str, str]:
-    return {"SMSUPER_METRICS_PORT": str(free_port()), **extra}
-
-
-def serving_with_metrics(serve, **extra: str) -> Tuple[object, int]:
-    """A ready `smsuper serve` (test_serve's fixture) with its metrics endpoint, and that port."""
-    env = metrics_env(**extra)
-    server = serve(**env)
-    server.wait_ready()
-    return server, int(env["SMSUPER_METRICS_PORT"])
 
 
 # ---- a real Prometheus --------------------------------------------------------------------------

@@ -25,10 +25,9 @@ from typing import Dict, List, Optional
 import pytest
 import requests
 
-from test_metrics import PROMETHEUS, PROMTOOL, parse, scrape, value
-from test_serve import GATED_MODEL, Server, background, children_of, eventually, free_port, host_pid, in_flight, layout
-from test_train import environment as train_environment
-from test_train import layout as train_layout
+from helpers import (GATED_MODEL, PROMETHEUS, PROMTOOL, Server, background, children_of, eventually, free_port,
+                     host_pid, in_flight, parse, scrape, serve_environment, serve_layout, train_command,
+                     train_environment, train_layout, value)
 
 KIT = Path(__file__).resolve().parent.parent / "examples" / "monitoring"
 RULES = KIT / "smsuper-rules.yml"
@@ -120,8 +119,7 @@ class Training:
                                 SMSUPER_METRICS_PORT=str(self.metrics_port),
                                 SMSUPER_METRIC_DEFINITIONS=json.dumps(DEFINITIONS))
         self.log = open(directory / "train.log", "wb")
-        self.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable,
-                                      str(pyz), "train"], env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+        self.proc = subprocess.Popen(train_command(pyz), env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
     def close(self) -> None:
@@ -135,14 +133,8 @@ class Training:
 
 
 def serving(pyz: Path, base_env: dict, directory: Path, code: str, **extra: str) -> Server:
-    base = layout(directory / "ml", code)
-    env = dict(base_env)
-    for name in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMSUPER_APP"):
-        env.pop(name, None)
-    env.update({"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-                "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_RUNTIME_DIR": str(directory / "run"),
-                "SMSUPER_METRICS_PORT": str(free_port())})
-    env.update(extra)
+    base = serve_layout(directory / "ml", code)
+    env = serve_environment(base_env, base, directory / "run", SMSUPER_METRICS_PORT=str(free_port()), **extra)
     server = Server(pyz, env, base)
     server.metrics_port = int(env["SMSUPER_METRICS_PORT"])
     return server

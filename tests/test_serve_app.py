@@ -22,9 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 from smsuper.serve import codecs, negotiation, nginx, npy, readiness  # noqa: E402
 from smsuper.serve import runtime as runtime_dir  # noqa: E402
+
 from smsuper.serve.app import create_app  # noqa: E402
 from smsuper.serve.config import resolve  # noqa: E402
-from smsuper.serve.service import ModelService  # noqa: E402
+
+from helpers import IDENTITY, client_for, make_service  # noqa: E402
 from smsuper.serve.user_app import UserAppService  # noqa: E402
 
 try:
@@ -34,15 +36,6 @@ except ImportError:  # the image may have no numpy: the pure-Python paths are te
 
 needs_numpy = pytest.mark.skipif(numpy is None, reason="numpy is not installed")
 
-IDENTITY = """
-def model_fn(model_dir):
-    return "the-model"
-
-def predict_fn(data, model):
-    return data
-"""
-
-
 BODY_LENGTH = """
 def model_fn(model_dir):
     return None
@@ -50,28 +43,6 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     return str(len(body))
 """
-
-
-@pytest.fixture(params=["numpy", "plain"] if numpy is not None else ["plain"])
-def numpy_mode(request, monkeypatch):
-    """Run a test with numpy, and again as if the image had none."""
-    monkeypatch.setattr(codecs, "_numpy", numpy if request.param == "numpy" else False)
-    return request.param
-
-
-def make_service(tmp_path: Path, code: str, runtime=None, **env: str) -> ModelService:
-    code_dir = tmp_path / "ml" / "model" / "code"
-    code_dir.mkdir(parents=True, exist_ok=True)
-    (code_dir / "inference.py").write_text(textwrap.dedent(code))
-    environ = {"SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", **env}
-    service = ModelService(resolve(environ), runtime)
-    sys.modules.pop("inference", None)
-    service.load()
-    return service
-
-
-def client_for(tmp_path: Path, code: str = IDENTITY, **env: str):
-    return create_app(make_service(tmp_path, code, **env)).test_client()
 
 
 def body_of(response) -> dict:

@@ -14,7 +14,7 @@ from typing import List
 
 import requests
 
-from test_serve import GATED_MODEL, background, eventually, in_flight, serve  # noqa: F401 (fixture)
+from helpers import background, eventually, in_flight
 
 # A user WSGI app that answers with the identity of the connection it came on,
 # (SO_COOKIE, 57: a number unique to each socket while the kernel runs), and never

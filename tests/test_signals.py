@@ -21,14 +21,8 @@ from typing import Callable, List
 import pytest
 import requests
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from .test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually, free_port,
-                             in_flight, nginx_writing, serve, title_of)  # noqa: F401  (serve: fixture)
-    from .test_train import environment as train_environment, layout as train_layout
-except ImportError:
-    from test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually,  # type: ignore
-                            free_port, in_flight, nginx_writing, serve, title_of)  # noqa: F401
-    from test_train import environment as train_environment, layout as train_layout  # type: ignore
+from helpers import (WAIT_LIMIT, background, children_of, eventually, free_port, in_flight, in_namespace, init_pid,
+                     nginx_writing, train_environment, train_layout)
 
 HAS_NGINX = os.path.exists("/usr/sbin/nginx")
 
@@ -60,7 +54,7 @@ class Init:
         self.stdout_path = tmp_path / "init-stdout.txt"
         self.stderr_path = tmp_path / "init-stderr.txt"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command],
+            self.proc = subprocess.Popen(in_namespace(*command),
                                          env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def stdout(self) -> str:
@@ -71,8 +65,7 @@ class Init:
 
     def pid(self) -> int:
         """The host's pid of the namespace's PID 1 (unshare's only child)."""
-        eventually(lambda: bool(children_of(self.proc.pid)), "PID 1 to start")
-        return children_of(self.proc.pid)[0]
+        return init_pid(self.proc.pid)
 
     def wait_for(self, text: str) -> None:
         def seen() -> bool:

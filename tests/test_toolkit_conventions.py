@@ -26,8 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from test_codecs_hardening import error_of, numpy_mode, post, start_stack  # noqa: E402,F401 (fixture)
-from test_serve import eventually, host_pid  # noqa: E402
+from helpers import error_of, eventually, host_pid, post, start_stack  # noqa: E402
 
 from smsuper import settings  # noqa: E402
 from smsuper.serve import codecs, npy  # noqa: E402
