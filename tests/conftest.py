@@ -19,9 +19,14 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+# `import helpers` whatever pytest's import mode; the in-process tests import the source tree's smsuper.
+for _path in (ROOT / "tests", ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
 from containers import images  # noqa: F401  (fixture: the session's container images)
 
-ROOT = Path(__file__).resolve().parent.parent
 PYZ = ROOT / "dist" / "smsuper.pyz"
 
 # Every process a test starts inherits this variable (base_env copies os.environ): it is how
@@ -93,8 +98,6 @@ def numpy_mode(request, monkeypatch):
 
 def pytest_configure(config) -> None:
     os.environ[SESSION_VARIABLE] = SESSION
-    if sys.path[0] != str(ROOT / "tests"):  # `import helpers`, whatever pytest's import mode
-        sys.path.insert(0, str(ROOT / "tests"))
     # A SIGTERM (CI's timeout, a closed terminal) would end pytest at once, with no test's
     # `finally` and no fixture teardown run: the servers and containers it started would stay.
     # As an interrupt, pytest stops the way it does on Ctrl-C: everything is torn down.
