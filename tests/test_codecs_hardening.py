@@ -81,6 +81,7 @@ def npy_with_header(shape: tuple, descr: str = "<f8", total: int = 128) -> bytes
     return head + b"\0" * max(0, total - len(head))
 
 
+@pytest.mark.slow
 def test_the_matrix_really_runs_with_and_without_numpy(server):
     # Each case below runs twice; make sure the two runs really differ.
     response = post(server, json.dumps({"emit": "numpy?"}), "application/json")
@@ -90,6 +91,7 @@ def test_the_matrix_really_runs_with_and_without_numpy(server):
 
 # ---- JSON nested too deeply -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_deeply_nested_json_is_400_not_a_traceback(server):
     depth = 100_000  # deeper than any CPython's recursion limit lets json parse
     response = post(server, "[" * depth + "]" * depth, "application/json")
@@ -98,6 +100,7 @@ def test_deeply_nested_json_is_400_not_a_traceback(server):
     assert "RecursionError" not in server.stderr()
 
 
+@pytest.mark.slow
 def test_nesting_the_parser_can_take_still_works(server):
     response = post(server, "[" * 50 + "1" + "]" * 50, "application/json")
     assert response.status_code == 200
@@ -106,6 +109,7 @@ def test_nesting_the_parser_can_take_still_works(server):
 
 # ---- NPY headers that lie about their size --------------------------------------------------
 
+@pytest.mark.slow
 def test_npy_claiming_an_impossible_shape_is_a_fast_400(server):
     body = npy_with_header((10 ** 6, 10 ** 6))  # 8 TB of float64 claimed by 128 bytes
     response = post(server, body, "application/x-npy")
@@ -115,6 +119,7 @@ def test_npy_claiming_an_impossible_shape_is_a_fast_400(server):
     assert "MemoryError" not in server.stderr()
 
 
+@pytest.mark.slow
 def test_npy_with_a_huge_empty_shape_is_a_fast_400(server):
     # No data at all, but a reader that believed it would build 10**9 empty rows.
     body = npy_with_header((10 ** 9, 0))
@@ -124,6 +129,7 @@ def test_npy_with_a_huge_empty_shape_is_a_fast_400(server):
     assert "(1000000000, 0)" in error_of(response)
 
 
+@pytest.mark.slow
 def test_honest_npy_still_round_trips(server):
     body = npy.write([[1.5, 2.5], [3.5, 4.5]])
     response = post(server, body, "application/x-npy", accept="application/x-npy")
@@ -135,6 +141,7 @@ def test_honest_npy_still_round_trips(server):
 
 # ---- NaN and Infinity -----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_nonstandard_json_constants_are_refused_naming_the_value(server, token):
     response = post(server, f"[1.0, {token}]", "application/json")
@@ -149,6 +156,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_nonfinite_predictions_are_written_as_null(server):
     response = post(server, json.dumps({"emit": "nonfinite"}), "application/json")
     assert response.status_code == 200, response.text[:300]
@@ -161,8 +169,9 @@ def test_nonfinite_predictions_are_written_as_null(server):
 
 # ---- what the metrics and the log say ------------------------------------------------------
 
+@pytest.mark.slow
 def test_bad_requests_are_counted_as_400_and_logged_in_one_line(server):
-    from test_metrics import parse, scrape, value
+    from helpers import parse, scrape, value
 
     def bad_requests() -> float:
         return value(parse(scrape(server.metrics_port)), "smsuper_http_requests_total",
@@ -182,7 +191,7 @@ def test_bad_requests_are_counted_as_400_and_logged_in_one_line(server):
 # ---- the opt-in: Python's JSON dialect, both ways --------------------------------------------
 
 def test_allow_nan_setting_reads_and_writes_pythons_spelling(tmp_path):
-    from test_serve_app import client_for
+    from helpers import client_for
 
     code = textwrap.dedent(ECHO_MODEL)
     body = "[1.0, NaN, -Infinity]"

@@ -14,6 +14,8 @@ import pytest
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # real containers
+
 SUITE = "bookworm"
 STOP_TIMEOUT = 10
 # Behavioural bound, not a performance one: a stop that takes this long was ended by podman's

@@ -22,6 +22,8 @@ import pytest
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # the demos, in a venv and in containers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 LOCAL_LIMIT = 180      # issue 8: the local demo finishes in under 3 minutes, venv included

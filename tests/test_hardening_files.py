@@ -28,9 +28,10 @@ import requests
 
 from helpers import WAIT_LIMIT, Server, children_of, eventually, free_port, title_of
 
-pytestmark = pytest.mark.skipif(not all(os.path.exists(path) for path in ("/usr/sbin/nginx", "/usr/bin/setpriv",
+pytestmark = [pytest.mark.slow,  # serving stacks as nobody, mounts
+              pytest.mark.skipif(not all(os.path.exists(path) for path in ("/usr/sbin/nginx", "/usr/bin/setpriv",
                                                                           "/usr/bin/python3")),
-                                reason="needs nginx, setpriv and Debian's python3 (scripts/install-test-deps.sh)")
+                                reason="needs nginx, setpriv and Debian's python3 (scripts/install-test-deps.sh)")]
 
 NOBODY = 65534
 # The interpreter PID 1 runs on, and so its servers: nobody must reach it (pyenv's are under root's 0700 home).

@@ -130,6 +130,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_error_nginx_makes_is_short_json_and_counted_by_route_and_code(serve):
     server, metrics_port = serving_with_metrics(serve, SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB))
     expected: Dict[Tuple[str, str], int] = collections.Counter()
@@ -182,6 +183,7 @@ def test_every_error_nginx_makes_is_short_json_and_counted_by_route_and_code(ser
     assert '"GET /ping HTTP/1.1" 200' not in logged
 
 
+@pytest.mark.slow
 def test_a_model_slower_than_the_timeout_gets_504_counted(serve):
     server, metrics_port = serving_with_metrics(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
     slow = server.post({"sleep": 30})
@@ -193,6 +195,7 @@ def test_a_model_slower_than_the_timeout_gets_504_counted(serve):
     assert server.terminate() == 0
 
 
+@pytest.mark.slow
 def test_without_nginx_the_workers_count_and_refuse_wrong_methods_in_json(serve):
     server, metrics_port = serving_with_metrics(serve, SMSUPER_NGINX="/nonexistent/nginx")
     assert server.post([1]).status_code == 200

@@ -88,6 +88,7 @@ def test_exit_codes_pass_through(pyz, base_env, code):
     assert result.returncode == code
 
 
+@pytest.mark.slow
 def test_every_exit_code_passes_through(pyz, base_env):
     # One smsuper per code would take long; a loop of sh children under one shell
     # checks the init's exit path for all 256 values through the pyz anyway.
@@ -139,6 +140,7 @@ def test_leftover_descendants_are_stopped_before_exit(pyz, base_env, tmp_path):
     assert not Path(f"/proc/{leftover}").exists()
 
 
+@pytest.mark.slow
 def test_idle_init_does_not_poll(pyz, base_env):
     # Idle, PID 1 sleeps in the kernel: its CPU time barely moves over a second
     # and it is not woken up repeatedly (voluntary context switches stay put).
@@ -185,6 +187,7 @@ def unshare(pyz: Path, env: dict, *command: str, **kwargs) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_pid1_reaps_orphans_and_leaves_no_zombie(pyz, base_env):
     # The child starts 100 background sleeps and exits at once: they become
     # orphans of PID 1, must be reaped as they die, and none may remain.
@@ -218,6 +221,7 @@ def test_pid1_handles_sigterm_from_outside(pyz, base_env):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_pid1_kills_a_child_that_ignores_sigterm_after_the_grace_period(pyz, base_env):
     env = dict(base_env, SMSUPER_GRACE_PERIOD="1")
     proc = unshare(pyz, env, "sh", "-c", "trap '' TERM; echo ready; sleep 300")

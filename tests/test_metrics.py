@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import pytest
 import requests
 
 from helpers import (PROMETHEUS, PROMTOOL, WAIT_LIMIT, background, eventually, free_port, in_flight, metrics_env, parse,
@@ -129,6 +130,7 @@ class Prometheus:
         self.log.close()
 
 
+@pytest.mark.slow
 def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path):
     server, port = serving_with_metrics(serve)
     prometheus = Prometheus(tmp_path / "prometheus", port)
@@ -159,6 +161,7 @@ def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path
 
 # ---- what each job exports ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
     server, port = serving_with_metrics(serve)
     for number in range(3):
@@ -205,6 +208,7 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
     assert server.terminate() == 0
 
 
+@pytest.mark.slow
 def test_endpoint_answers_while_every_worker_is_busy(serve):
     server, port = serving_with_metrics(serve)
     busy = [background(lambda: server.post({"gate": True})) for _ in range(2)]
@@ -218,6 +222,7 @@ def test_endpoint_answers_while_every_worker_is_busy(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 0
 
 
+@pytest.mark.slow
 def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
     """SMSUPER_MAX_REQUESTS=1: every request retires its worker. The dead workers'
     files are folded into archives, so a scrape reads a bounded number of files."""
@@ -236,6 +241,7 @@ def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
     assert promtool_complaints(scrape(port)) == ""
 
 
+@pytest.mark.slow
 def test_a_worker_killed_for_its_timeout_is_counted(serve):
     server, port = serving_with_metrics(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
     assert server.post({"sleep": 60}).status_code == 504  # nginx gives up after 1 s
@@ -246,6 +252,7 @@ def test_a_worker_killed_for_its_timeout_is_counted(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 0  # the killed worker's request is gone
 
 
+@pytest.mark.slow
 def test_counts_survive_a_killed_gunicorn_master_and_nginx_comes_back_with_its_figures(serve):
     server, port = serving_with_metrics(serve)
     for number in range(3):
@@ -410,6 +417,7 @@ def _json_lines(text: str, where: str) -> List[dict]:
     return parsed
 
 
+@pytest.mark.slow
 def test_json_log_lines_parse(serve):
     server = serve(SMSUPER_LOG_FORMAT="json")
     server.wait_ready()
@@ -427,6 +435,7 @@ def test_json_log_lines_parse(serve):
     assert any(record["level"] == "warning" and "415" in record["message"] for record in own)
 
 
+@pytest.mark.slow
 def test_ping_lines_are_logged_only_when_asked(serve):
     server = serve(SMSUPER_LOG_PING="true")
     server.wait_ready()

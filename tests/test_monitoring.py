@@ -214,6 +214,7 @@ def restarts(server: Server) -> float:
     return value(parse(scrape(server.metrics_port)), "smsuper_worker_restarts_total") or 0
 
 
+@pytest.mark.slow
 def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_env, tmp_path):
     queries = dashboard_queries()
     started: list = []
@@ -297,6 +298,7 @@ def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_en
 
 # ---- the series the rules need, one by one ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_recycled_workers_are_told_apart_from_dying_ones(pyz, base_env, tmp_path):
     """SMSUPER_MAX_REQUESTS=1 replaces a worker after every request: planned, so no restart loop."""
     server = serving(pyz, base_env, tmp_path, GATED_MODEL, SMSUPER_MAX_REQUESTS="1")
@@ -315,6 +317,7 @@ def test_recycled_workers_are_told_apart_from_dying_ones(pyz, base_env, tmp_path
         server.close()
 
 
+@pytest.mark.slow
 def test_readiness_and_limits_are_exported_and_a_fifo_cannot_hang_the_scrape(pyz, base_env, tmp_path):
     server = serving(pyz, base_env, tmp_path, FAILING_MODEL, SAGEMAKER_MODEL_SERVER_TIMEOUT="17",
                      SMSUPER_WORKER_THREADS="3", SAGEMAKER_MAX_PAYLOAD_IN_MB="9")

@@ -105,7 +105,8 @@ def run_job(pyz: Path, base_env: dict, tmp_path: Path, job: str, metrics: bool =
     return pid1_modules(err_path.read_text(errors="replace"))
 
 
-@pytest.mark.parametrize("metrics", [False, True], ids=["metrics-off", "metrics-on"])
+@pytest.mark.parametrize("metrics", [pytest.param(False, id="metrics-off"),
+                                     pytest.param(True, id="metrics-on", marks=pytest.mark.slow)])
 def test_the_passthrough_pid1_keeps_typing_and_the_heavy_modules_out(pyz, base_env, tmp_path, metrics):
     modules = run_job(pyz, base_env, tmp_path, "passthrough", metrics)
     assert "smsuper.init.supervisor" in modules  # the measurement sees PID 1's own imports
@@ -113,6 +114,7 @@ def test_the_passthrough_pid1_keeps_typing_and_the_heavy_modules_out(pyz, base_e
     assert loaded == {}, f"PID 1 of the pass-through job imported these (likely through): {loaded}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", ["passthrough", "train", "serve"])
 def test_no_pid1_loads_the_servers_or_the_users_libraries(pyz, base_env, tmp_path, job):
     modules = run_job(pyz, base_env, tmp_path, job, metrics=True)

@@ -24,6 +24,8 @@ from helpers import free_port
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # real containers
+
 SUITE = "bookworm"
 WAIT_LIMIT = 120  # safety net against a hang, not a speed bound
 # What PID 1 keeps once its children run (smsuper/init/privileges.py INIT_KEEPS):

@@ -18,6 +18,8 @@ import pytest
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # real containers and every CPython
+
 PYENV = Path("/root/.pyenv/versions")
 MINIMUM = (3, 9)
 

@@ -33,6 +33,8 @@ import boto3  # the test extra (pyproject.toml) installs both
 import moto.server as moto_server
 from helpers import children_of, free_port, in_namespace, read_until, train_command
 
+pytestmark = [pytest.mark.slow]  # an S3 server (moto) and serving stacks
+
 # Safety nets against a hang, never assertions about speed.
 RUN_LIMIT = 600
 WAIT_LIMIT = 120

@@ -31,6 +31,8 @@ import pytest
 import containers
 from sdk_engine import Engine
 
+pytestmark = [pytest.mark.slow]  # the SageMaker SDK driving real containers
+
 SUITE = "bookworm"
 HERE = Path(__file__).resolve().parent / "sdk_local"
 RUN_LIMIT = 900  # one scenario, fit to delete_endpoint: a safety net against a hang, not a speed bound

@@ -26,8 +26,9 @@ from helpers import WAIT_LIMIT, background, eventually, free_port, host_pid, in_
 
 SIX_MIB = 6 * 1024 * 1024
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
+pytestmark = [pytest.mark.slow,  # each test starts a serving stack (nginx, gunicorn, workers)
+              pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")]
 
 BODY_LENGTH_MODEL = """
 def model_fn(model_dir):

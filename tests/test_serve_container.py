@@ -27,6 +27,8 @@ from helpers import free_port
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # real containers
+
 STOP_TIMEOUT = 30
 WAIT_LIMIT = 120  # safety net against a hang, not a speed bound
 # Behavioural bound: reaching it would mean podman's SIGKILL ended the container.

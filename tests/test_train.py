@@ -14,6 +14,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers import RUN_LIMIT, children_of, read_until, train_command
 from helpers import train_environment as environment
 from helpers import train_layout as layout
@@ -117,6 +119,7 @@ def test_hostile_values_arrive_as_single_unchanged_arguments(pyz, base_env, tmp_
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
 
 
+@pytest.mark.slow
 def test_exception_gives_its_final_line_first_in_the_failure_file(pyz, base_env, tmp_path):
     script = """
         import sys
@@ -187,6 +190,7 @@ def test_bad_json_config_fails_before_anything_runs(pyz, base_env, tmp_path):
     assert b"resourceconfig.json: line 3, column 13" in proc.stderr
 
 
+@pytest.mark.slow
 def test_failed_pip_install_puts_pips_error_in_the_failure_file(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", f"open('{tmp_path}/ran', 'w')\n")
     # --no-index: fails from local information only, no package index is asked
@@ -201,6 +205,7 @@ def test_failed_pip_install_puts_pips_error_in_the_failure_file(pyz, base_env, t
     assert b"smsuper-test-package-that-does-not-exist" in proc.stderr  # pip's output was streamed
 
 
+@pytest.mark.slow
 def test_satisfied_requirements_then_the_script_runs(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", f"open('{tmp_path}/ran', 'w')\n")
     (base / "code" / "requirements.txt").write_text("--no-index\npip\n")
@@ -308,6 +313,7 @@ def test_sigterm_before_the_script_starts_fails_the_job_at_once(pyz, base_env, t
     assert failure_of(base).startswith("Stopped: received SIGTERM before the training program started")
 
 
+@pytest.mark.slow
 def test_mpi_is_refused(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", "print(1)\n", hyperparameters={"sagemaker_mpi_enabled": "true"})
     proc = run_train(pyz, base_env, base, SAGEMAKER_PROGRAM="train.py")

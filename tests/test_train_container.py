@@ -18,6 +18,8 @@ import pytest
 
 import containers
 
+pytestmark = [pytest.mark.slow]  # real containers
+
 SUITE = "bookworm"
 STOP_TIMEOUT = 30
 # Behavioural bound, not a performance one: reaching it means podman's SIGKILL ended the

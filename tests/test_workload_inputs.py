@@ -31,6 +31,8 @@ import requests
 
 from helpers import free_port, in_namespace, stop, train_command, wait_for_ping
 
+pytestmark = [pytest.mark.slow]  # serving stacks and training jobs as nobody
+
 RUN_LIMIT = 300  # safety nets against a hang, never assertions about speed
 WAIT_LIMIT = 120
 HOST_USER = 1000  # the person on the host who owns the mounted directory
