@@ -82,6 +82,9 @@ def test_child_runs_in_its_own_process_group(pyz, base_env):
     assert out[0] == out[1]
 
 
+# Through the pyz, the 11 codes here and all 256 below are the slow tier's; the fast tier checks
+# the loop's exit codes in-process (tests/test_supervisor.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [0, 1, 2, 3, 42, 126, 127, 128, 200, 254, 255])
 def test_exit_codes_pass_through(pyz, base_env, code):
     result = subprocess.run([sys.executable, str(pyz), "sh", "-c", f"exit {code}"], env=base_env)
@@ -97,6 +100,7 @@ def test_every_exit_code_passes_through(pyz, base_env):
     assert "BAD" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM, signal.SIGUSR1])
 def test_death_by_signal_is_128_plus_n(pyz, base_env, signum):
     result = subprocess.run([sys.executable, str(pyz), "sh", "-c", f"kill -{int(signum)} $$"], env=base_env)
