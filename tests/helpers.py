@@ -447,6 +447,76 @@ def scrape(port: int) -> str:
     return response.text
 
 
+class Prometheus:
+    """`prometheus` scraping JOB -> [ports] every second on loopback, with RULES, its data in `directory`."""
+
+    def __init__(self, directory: Path, jobs: Dict[str, List[int]], rules: Optional[Path] = None):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        scrape_configs = "".join(
+            f"""
+              - job_name: {job}
+                static_configs:
+                  - targets: [{", ".join(f'"127.0.0.1:{port}"' for port in ports)}]"""
+            for job, ports in jobs.items())
+        config = directory / "prometheus.yml"
+        config.write_text(textwrap.dedent(f"""
+            global:
+              scrape_interval: 1s
+              scrape_timeout: 1s
+              evaluation_interval: 1s
+            rule_files: [{f'"{rules}"' if rules else ""}]
+            scrape_configs:""") + textwrap.dedent(scrape_configs) + "\n")
+        self.log = open(directory / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def api(self, path: str, **params: str) -> dict:
+        response = requests.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=10)
+        answer = response.json()
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def targets(self) -> List[dict]:
+        try:
+            return self.api("targets")["activeTargets"]
+        except requests.RequestException:
+            return []
+
+    def target(self) -> Optional[dict]:
+        targets = self.targets()
+        return targets[0] if targets else None
+
+    def all_up(self, count: int) -> bool:
+        targets = self.targets()
+        return len(targets) == count and all(target["health"] == "up" for target in targets)
+
+    def query(self, expression: str) -> Optional[float]:
+        values = self.values(expression)
+        return values[0] if values else None
+
+    def values(self, expression: str) -> List[float]:
+        return [float(sample["value"][1]) for sample in self.api("query", query=expression)["result"]]
+
+    def firing(self, alert: str, instance: Optional[int] = None) -> bool:
+        for found in self.api("alerts")["alerts"]:
+            if found["labels"]["alertname"] == alert and found["state"] == "firing" and (
+                    instance is None or found["labels"]["instance"] == f"127.0.0.1:{instance}"):
+                return True
+        return False
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
 def metrics_env(**extra: str) -> Dict[str, str]:
     return {"SMSUPER_METRICS_PORT": str(free_port()), **extra}
 

@@ -18,16 +18,15 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 import requests
 
-from helpers import (PROMETHEUS, PROMTOOL, WAIT_LIMIT, background, eventually, free_port, in_flight, metrics_env, parse,
-                     scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
+from helpers import (PROMTOOL, WAIT_LIMIT, Prometheus, background, eventually, free_port, in_flight, metrics_env,
+                     parse, scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
 
 
 def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
@@ -79,61 +78,10 @@ def promtool_complaints(text: str) -> str:
     return "" if checked.returncode == 0 and not checked.stdout.strip() else checked.stdout + checked.stderr
 
 
-# ---- a real Prometheus --------------------------------------------------------------------------
-
-class Prometheus:
-    """`prometheus` scraping one target every second, on loopback, with its data in tmp."""
-
-    def __init__(self, directory: Path, target_port: int):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = directory / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-            scrape_configs:
-              - job_name: smsuper
-                static_configs:
-                  - targets: ["127.0.0.1:{target_port}"]
-        """))
-        self.log = open(directory / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def api(self, path: str, **params: str) -> dict:
-        response = requests.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=10)
-        answer = response.json()
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def target(self) -> Optional[dict]:
-        try:
-            targets = self.api("targets")["activeTargets"]
-        except requests.RequestException:
-            return None
-        return targets[0] if targets else None
-
-    def query(self, expression: str) -> Optional[float]:
-        result = self.api("query", query=expression)["result"]
-        return float(result[0]["value"][1]) if result else None
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.mark.slow
 def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path):
     server, port = serving_with_metrics(serve)
-    prometheus = Prometheus(tmp_path / "prometheus", port)
+    prometheus = Prometheus(tmp_path / "prometheus", {"smsuper": [port]})
     try:
         eventually(lambda: (prometheus.target() or {}).get("health") == "up", "Prometheus to scrape smsuper")
         target = prometheus.target()

@@ -18,15 +18,14 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
 import pytest
 import requests
 
-from helpers import (GATED_MODEL, PROMETHEUS, PROMTOOL, Server, background, children_of, eventually, free_port,
-                     host_pid, in_flight, parse, scrape, serve_environment, serve_layout, train_command,
+from helpers import (GATED_MODEL, PROMETHEUS, PROMTOOL, Prometheus, Server, background, children_of, eventually,
+                     free_port, host_pid, in_flight, parse, scrape, serve_environment, serve_layout, train_command,
                      train_environment, train_layout, value)
 
 KIT = Path(__file__).resolve().parent.parent / "examples" / "monitoring"
@@ -147,63 +146,6 @@ def fast_rules(directory: Path) -> Path:
     copy = directory / "rules.yml"
     copy.write_text(text)
     return copy
-
-
-class Prometheus:
-    def __init__(self, directory: Path, jobs: Dict[str, List[int]], rules: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        scrape_configs = "".join(
-            f"""
-              - job_name: {job}
-                static_configs:
-                  - targets: [{", ".join(f'"127.0.0.1:{port}"' for port in ports)}]"""
-            for job, ports in jobs.items())
-        config = directory / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-              evaluation_interval: 1s
-            rule_files: ["{rules}"]
-            scrape_configs:""") + textwrap.dedent(scrape_configs) + "\n")
-        self.log = open(directory / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def api(self, path: str, **params: str) -> dict:
-        response = requests.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=10)
-        answer = response.json()
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def all_up(self, count: int) -> bool:
-        try:
-            targets = self.api("targets")["activeTargets"]
-        except requests.RequestException:
-            return False
-        return len(targets) == count and all(target["health"] == "up" for target in targets)
-
-    def values(self, expression: str) -> List[float]:
-        return [float(sample["value"][1]) for sample in self.api("query", query=expression)["result"]]
-
-    def firing(self, alert: str, instance: Optional[int] = None) -> bool:
-        for found in self.api("alerts")["alerts"]:
-            if found["labels"]["alertname"] == alert and found["state"] == "firing" and (
-                    instance is None or found["labels"]["instance"] == f"127.0.0.1:{instance}"):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def gunicorn_workers(server: Server) -> List[int]:
