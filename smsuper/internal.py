@@ -11,7 +11,7 @@ import sys
 from typing import List
 
 WORDS = {
-    "_gunicorn": "smsuper.serve.gunicorn_app:main",
+    "_gunicorn": "smsuper.serve.master.gunicorn_app:main",
     "_s3-download": "smsuper.usercode.s3_child:main",
 }
 

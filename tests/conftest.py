@@ -86,7 +86,7 @@ def serve(pyz, base_env, tmp_path):
 def numpy_mode(request, monkeypatch):
     """Run a test of the source tree's codecs with numpy, and again as if the image had none."""
     from helpers import has_numpy
-    from smsuper.serve import codecs
+    from smsuper.serve.worker import codecs
 
     if request.param == "numpy" and not has_numpy():
         pytest.skip("numpy is not installed")

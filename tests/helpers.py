@@ -517,6 +517,31 @@ class Prometheus:
         self.log.close()
 
 
+def counted(port: int) -> Dict[Tuple[str, str], float]:
+    """smsuper_http_requests_total by (route, code), from one scrape."""
+    found = {}
+    for (name, labels), number in parse(scrape(port)).items():
+        if name == "smsuper_http_requests_total":
+            found[(dict(labels)["route"], dict(labels)["code"])] = number
+    return found
+
+
+def wait_counted(port: int, expected: Dict[Tuple[str, str], int]) -> Dict[Tuple[str, str], float]:
+    """The counts once every (route, code) of `expected` shows its number (the access log is
+    flushed at most a second late); then none may have more than expected."""
+    box: List[Dict[Tuple[str, str], float]] = []
+
+    def arrived() -> bool:
+        box[:] = [counted(port)]
+        return all(box[0].get(key, 0) >= number for key, number in expected.items())
+
+    try:
+        eventually(arrived, f"the counts {expected}")
+    except AssertionError:
+        raise AssertionError(f"expected at least {expected}, scraped {box[0] if box else None}") from None
+    return box[0]
+
+
 def metrics_env(**extra: str) -> Dict[str, str]:
     return {"SMSUPER_METRICS_PORT": str(free_port()), **extra}
 
@@ -543,7 +568,7 @@ def predict_fn(data, model):
 def make_service(tmp_path: Path, code: str, runtime=None, **env: str):
     """A loaded ModelService of the source tree for `code`, as a worker has it."""
     from smsuper.serve.config import resolve
-    from smsuper.serve.service import ModelService
+    from smsuper.serve.worker.service import ModelService
 
     code_dir = tmp_path / "ml" / "model" / "code"
     code_dir.mkdir(parents=True, exist_ok=True)
@@ -557,7 +582,7 @@ def make_service(tmp_path: Path, code: str, runtime=None, **env: str):
 
 def client_for(tmp_path: Path, code: str = IDENTITY, **env: str):
     """A Flask test client of the source tree's app around `code`."""
-    from smsuper.serve.app import create_app
+    from smsuper.serve.worker.app import create_app
 
     return create_app(make_service(tmp_path, code, **env)).test_client()
 
@@ -654,3 +679,24 @@ def post(server: Server, body, content_type: str, accept: str = "application/jso
 def error_of(response: requests.Response) -> str:
     assert response.headers["Content-Type"].startswith("application/json"), response.text[:300]
     return response.json()["error"]
+
+
+def user_app_service(tmp_path: Path, source: str, spec: str = "predictor:app"):
+    """A loaded style B service of the source tree: `source` as predictor.py, SMSUPER_APP=`spec`."""
+    from smsuper.serve.config import resolve
+    from smsuper.serve.worker.user_app import UserAppService
+
+    program = tmp_path / "program"
+    program.mkdir(exist_ok=True)
+    (program / "predictor.py").write_text(textwrap.dedent(source))
+    sys.modules.pop("predictor", None)
+    config = resolve({"SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+                      "SMSUPER_APP": spec})
+    old = os.getcwd()
+    os.chdir(program)
+    try:
+        service = UserAppService(config)
+        service.load()
+    finally:
+        os.chdir(old)
+    return service

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from helpers import error_of, eventually, free_port, post, start_stack  # noqa: E402
 
-from smsuper.serve import codecs, npy  # noqa: E402
+from smsuper.serve.worker import codecs, npy  # noqa: E402
 from smsuper.serve.errors import BadRequest  # noqa: E402
 
 try:

@@ -96,7 +96,8 @@ def test_every_private_part_exists_in_the_bundled_gunicorn(pyz):
 
 def test_the_list_names_what_the_code_overrides():
     # Every method the draining arbiter and the keep-alive worker define over gunicorn's is listed.
-    from smsuper.serve import gunicorn_app, keepalive_worker
+    from smsuper.serve.master import gunicorn_app
+    from smsuper.serve.worker import keepalive_worker
 
     listed = {(owner.rsplit(".", 1)[-1], name) for owner, name, _, _ in gunicorn_private.RELIED_ON}
     overridden = set()

@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import requests
 
-from helpers import (WAIT_LIMIT, background, client_for, eventually, host_pid, in_flight, parse, scrape,
-                     serving_with_metrics, train_command, train_environment, train_layout)
+from helpers import (WAIT_LIMIT, background, client_for, eventually, host_pid, in_flight, serving_with_metrics,
+                     train_command, train_environment, train_layout, wait_counted)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -71,31 +71,6 @@ def request(method: str, path: str, *headers: str, body: bytes = b"", version: s
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def counted(port: int) -> Dict[Tuple[str, str], float]:
-    """smsuper_http_requests_total by (route, code), from one scrape."""
-    found = {}
-    for (name, labels), number in parse(scrape(port)).items():
-        if name == "smsuper_http_requests_total":
-            found[(dict(labels)["route"], dict(labels)["code"])] = number
-    return found
-
-
-def wait_counted(port: int, expected: Dict[Tuple[str, str], int]) -> Dict[Tuple[str, str], float]:
-    """The counts once every (route, code) of `expected` shows its number (the access log is
-    flushed at most a second late); then none may have more than expected."""
-    box: List[Dict[Tuple[str, str], float]] = []
-
-    def arrived() -> bool:
-        box[:] = [counted(port)]
-        return all(box[0].get(key, 0) >= number for key, number in expected.items())
-
-    try:
-        eventually(arrived, f"the counts {expected}")
-    except AssertionError:
-        raise AssertionError(f"expected at least {expected}, scraped {box[0] if box else None}") from None
-    return box[0]
 
 
 # ---- every error nginx makes itself is JSON, and counted with its route ------------------------------

@@ -31,7 +31,7 @@ from helpers import (PROMTOOL, WAIT_LIMIT, Prometheus, background, eventually, f
 
 def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
     """The scrape once `metric` shows `expected`: a worker publishes its counts and timings
-    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/serving.py)."""
+    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/worker/serving.py)."""
     eventually(lambda: value(parse(scrape(port)), metric, **labels) == expected,
                f"{metric}{labels} to be published as {expected}")
     return parse(scrape(port))

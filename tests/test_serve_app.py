@@ -12,7 +12,6 @@ import os
 import pickle
 import struct
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smsuper.serve import codecs, negotiation, nginx, npy, readiness  # noqa: E402
+from smsuper.serve import nginx, readiness  # noqa: E402
 from smsuper.serve import runtime as runtime_dir  # noqa: E402
-
-from smsuper.serve.app import create_app  # noqa: E402
 from smsuper.serve.config import resolve  # noqa: E402
+from smsuper.serve.worker import codecs, negotiation, npy  # noqa: E402
+from smsuper.serve.worker.app import create_app  # noqa: E402
 
-from helpers import IDENTITY, client_for, make_service  # noqa: E402
-from smsuper.serve.user_app import UserAppService  # noqa: E402
+from helpers import IDENTITY, client_for, make_service, user_app_service  # noqa: E402
 
 try:
     import numpy
@@ -471,23 +469,6 @@ def test_nginx_before_1_19_5_gets_no_e_flag(tmp_path):
 # ---- style B: the user's own WSGI app --------------------------------------------------------------
 
 SEED_PREDICTOR = (Path(__file__).parent / "apps" / "seed_predictor.py").read_text()
-
-
-def user_app_service(tmp_path: Path, source: str, spec: str = "predictor:app") -> UserAppService:
-    program = tmp_path / "program"
-    program.mkdir(exist_ok=True)
-    (program / "predictor.py").write_text(textwrap.dedent(source))
-    sys.modules.pop("predictor", None)
-    config = resolve({"SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
-                      "SMSUPER_APP": spec})
-    old = os.getcwd()
-    os.chdir(program)
-    try:
-        service = UserAppService(config)
-        service.load()
-    finally:
-        os.chdir(old)
-    return service
 
 
 def test_seed_style_predictor_app(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""nginx keeps its connections to the sync workers open (smsuper/serve/keepalive_worker.py).
+"""nginx keeps its connections to the sync workers open (smsuper/serve/worker/keepalive_worker.py).
 
 What a user would notice if it went wrong: requests answered over a kept
 connection with a wrong or stale body, a request stuck behind a busy worker

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from helpers import error_of, eventually, host_pid, post, start_stack  # noqa: E402
 
 from smsuper import settings  # noqa: E402
-from smsuper.serve import codecs, npy  # noqa: E402
+from smsuper.serve.worker import codecs, npy  # noqa: E402
 from smsuper.serve.config import resolve  # noqa: E402
-from smsuper.serve.context import Context  # noqa: E402
+from smsuper.serve.worker.context import Context  # noqa: E402
 from smsuper.serve.errors import BadRequest, ServeError  # noqa: E402
 
 try:
@@ -389,7 +389,7 @@ def test_workers_get_gpus_round_robin_and_model_server_aliases(pyz, tmp_path):
 
 
 def test_round_robin_choice():
-    from smsuper.serve import gpus
+    from smsuper.serve.master import gpus
 
     assert gpus.pick([], 0) is None
     chosen = []
@@ -401,7 +401,7 @@ def test_round_robin_choice():
 
 
 def test_visible_gpus_from_cuda_visible_devices(tmp_path):
-    from smsuper.serve import gpus
+    from smsuper.serve.master import gpus
 
     proc = tmp_path / "proc"
     for bus in ("0000:00:1e.0", "0000:00:1f.0", "0000:00:20.0"):

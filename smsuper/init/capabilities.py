@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # Capability numbers (linux/capability.h) that smsuper names.
@@ -141,6 +142,16 @@ def keep_only(keep: int, cap_last: int) -> None:
 
 def set_no_new_privs() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def die_with_parent(signum: int) -> bool:
+    """Have the kernel send `signum` to this process when its parent exits (a gunicorn worker
+    whose master was killed with SIGKILL). False when the kernel refused."""
+    try:
+        _prctl(PR_SET_PDEATHSIG, signum)
+        return True
+    except OSError:
+        return False
 
 
 def become_subreaper() -> bool:

@@ -21,6 +21,12 @@ def _stat_fields(pid: int) -> Optional[List[str]]:
     return raw[raw.rfind(b")") + 2:].decode().split()
 
 
+def is_running(pid: int) -> bool:
+    """Whether `pid` exists and is neither a zombie nor dead."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
 def process_table() -> Dict[int, Tuple[int, str]]:
     """pid -> (parent pid, state letter) for every process we can see."""
     table = {}

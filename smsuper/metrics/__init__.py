@@ -13,7 +13,11 @@ running between scrapes.
   multiproc.py     serve: what gunicorn's processes wrote (prometheus_client's multiprocess
                    files), merged at scrape time, dead workers' files compacted
   nginx_status.py  serve: nginx's stub_status figures
-  serving.py       serve, in the gunicorn processes: the request metrics they record
+  responses.py     serve: the requests nginx answered, counted from its access log
+  serving_state.py serve: the readiness files (ready flag, markers, ping-status.json)
+  worker/          serve, in the gunicorn processes (never imported by PID 1): the
+                   request metrics they record (serving.py), and room reserved for
+                   their files on a full disk (roomy_mmap.py)
 
 Names start with smsuper_, use base units (seconds, bytes) and counters end
 in _total.

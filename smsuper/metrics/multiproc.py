@@ -26,7 +26,7 @@ file in it through init/untrusted.py, so a link is never followed, a FIFO or
 device never opened, a file never read past MAX_FILE_BYTES. The gunicorn
 master's compaction does the same, so a planted FIFO does not hang it either.
 
-A process that finds no room for its file on a full disk (metrics/roomy_mmap.py)
+A process that finds no room for its file on a full disk (metrics/worker/roomy_mmap.py)
 leaves an empty `.no-room-<pid>` here; PID 1 counts them.
 """
 

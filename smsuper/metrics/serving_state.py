@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loa
 if TYPE_CHECKING:
     from typing import List
 
-# What ping-status.json may say (serve/job.py, serve/service.py), plus `ready` when the flag is up.
+# What ping-status.json may say (serve/job.py, serve/worker/service.py), plus `ready` when the flag is up.
 STATUSES = ("ready", "starting", "loading", "restarting", "failed")
 MAX_STATUS_BYTES = 65536
 

@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from .. import log
 from ..init.relay import MAX_PENDING, READ_SIZE, write_all
+from . import routes
 
 if TYPE_CHECKING:
     from ..metrics.responses import ResponseCounts
 
-PING = b"/ping"
+# The labels of the health route (/ping), which the platform asks every few seconds.
+PING = frozenset(route.label.encode("ascii") for route in routes.TABLE if route.entry == routes.HEALTH)
 
 
 class AccessLogRelay:
@@ -90,7 +92,7 @@ class AccessLogRelay:
         route, status, text = fields
         if self._counts is not None:
             self._counts.add(route, status)
-        if route == PING and not self._log_ping:
+        if route in PING and not self._log_ping:
             return b""
         return text
 

@@ -1,14 +1,15 @@
 """Every part of gunicorn that smsuper leans on beyond its documented API, in one list.
 
 gunicorn documents its settings, its server hooks and `BaseApplication`; the draining arbiter
-(gunicorn_app.py), the worker hooks and the keep-alive worker (keepalive_worker.py) also use
-its internals: the arbiter's worker table and loop chores, the workers' attributes, the HTTP
-parser and response. None of that is promised to stay. The list below is checked against the
+and the worker hooks (master/gunicorn_app.py) and the keep-alive worker
+(worker/keepalive_worker.py) also use its internals: the arbiter's worker table and loop
+chores, the workers' attributes, the HTTP parser and response. None of that is promised to stay. The list below is checked against the
 gunicorn bundled into the pyz by tests/test_gunicorn_private.py, which also fails as soon as the
 pin in pyproject.toml differs from VERIFIED_WITH: a new gunicorn means reading this list again
 against its source (and its changelog), then updating VERIFIED_WITH.
 
-Nothing imports this module at run time; it is the reference the code's comments point to.
+No process imports this module (it sits beside master/ and worker/, whose code it describes);
+it is the reference to read before moving the pin.
 """
 
 # The gunicorn release this list was checked against: pyproject.toml pins the same.
@@ -17,7 +18,7 @@ VERIFIED_WITH = "23.0.0"
 # (where it lives, its name, its parameters when smsuper calls or overrides it (None: an
 # attribute, or a callable whose parameters are not relied on), what smsuper does with it).
 RELIED_ON = (
-    # ---- the arbiter: DrainingArbiter in gunicorn_app.py ----------------------------------
+    # ---- the arbiter: DrainingArbiter in master/gunicorn_app.py ----------------------------------
     ("gunicorn.arbiter.Arbiter", "run", (), "started by ServeApplication.run instead of BaseApplication.run"),
     ("gunicorn.arbiter.Arbiter", "handle_term", (), "overridden: drains behind nginx first; raising "
      "StopIteration is how a handler ends the arbiter's main loop"),
@@ -75,7 +76,7 @@ RELIED_ON = (
     ("gunicorn.util", "http_date", ("timestamp",), "replaced: the Date header formatted once a second"),
     ("gunicorn.util", "close_on_exec", ("fd",), "sockets taken over from another worker"),
     ("gunicorn.util", "close", ("sock",), "closing a connection"),
-    # ---- logging: JsonLogger in gunicorn_app.py -------------------------------------------------
+    # ---- logging: JsonLogger in master/gunicorn_app.py ---------------------------------
     ("gunicorn.glogging.Logger", "setup", ("cfg",), "overridden: JSON lines when SMSUPER_LOG_FORMAT=json"),
     ("gunicorn.glogging.Logger", "error_log", None, "its handlers get the JSON formatter"),
     ("gunicorn.glogging.Logger", "access", ("resp", "req", "environ", "request_time"),

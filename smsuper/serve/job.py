@@ -10,7 +10,7 @@
    everything with a non-zero exit and a clear reason when one keeps dying.
    SIGTERM, SIGINT or SIGQUIT: nginx gets SIGQUIT and finishes what it holds,
    the gunicorn master gets SIGTERM, keeps serving until nginx is gone and then
-   stops its workers (gunicorn_app.py); on SIGINT or SIGQUIT it would quit at once.
+   stops its workers (master/gunicorn_app.py); on SIGINT or SIGQUIT it would quit at once.
    SIGHUP reaches both as a graceful reload: new nginx and gunicorn workers
    start, the old ones finish what they hold.
 """
@@ -33,7 +33,7 @@ from . import nginx, readiness, requirements
 from . import runtime as runtime_dir
 from .access_log import AccessLogRelay
 from .config import ServeConfig, default_workers, resolve
-from .handlers import HandlerError, code_directories, locate
+from .program import HandlerError, code_directories, locate
 
 CONFIG_ERROR = 2
 SERVE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

@@ -2,22 +2,23 @@
 
 Everything nginx writes lives in the runtime directory (pid file, temp paths,
 access-log FIFO) and its error log goes to stderr, so it runs unchanged as an
-unprivileged user. The routes are exact:
+unprivileged user. The locations come from the route table (routes.py):
 
-  /ping                  answered by nginx itself from the readiness flag (see
-                         readiness.py): 200 with an empty body, or 503 with the
-                         JSON of ping-status.json. Never queued behind predictions.
-  /invocations           proxied to gunicorn over its unix socket
-  /execution-parameters  proxied to gunicorn
+  a row nginx answers    (/ping) from the readiness flag (see readiness.py): 200
+                         with an empty body, or 503 with the JSON of
+                         ping-status.json. Never queued behind predictions.
+  a row a worker answers (/invocations, /execution-parameters) proxied to
+                         gunicorn over its unix socket, its answer buffered or
+                         (a streamed row) passed on as it comes
   anything else          404 with a short JSON body
 
 Every error nginx makes itself is a short JSON body too, never its HTML page
 (NGINX_ERRORS: 400 malformed, 404, 405 wrong method with its Allow header,
 413 body too large, 414, 431 headers too large, 501, 502 worker died, 504 too
 slow, 505, ...); the app's own 4xx/5xx pass untouched. nginx refuses a wrong
-method on the platform's routes itself (routes.METHODS), so what it passes on
+method on the platform's routes itself (each row's methods), so what it passes on
 is always a request a worker is meant to answer; gunicorn's own limits sit
-above nginx's (gunicorn_app.py), so its HTML error pages are out of reach.
+above nginx's (master/gunicorn_app.py), so its HTML error pages are out of reach.
 
 The access log carries, before each line, the route label and the status
 PID 1 counts for smsuper_http_requests_total (access_log.py): what nginx
@@ -35,7 +36,6 @@ when the client reads slowly.
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import shutil
@@ -63,7 +63,7 @@ NGINX_ERRORS = (
     (400, 400, "malformed request: the request line, a header or the chunked body is not valid HTTP/1.x "
                "(an HTTP/1.1 request also needs one Host header)"),
     (403, 403, "forbidden: nginx may not read a file it serves (its reason is in the log)"),
-    (404, 404, routes.NO_SUCH_ROUTE),
+    (404, 404, routes.no_such_route()),
     (408, 408, "the request did not arrive in time: nginx waited 60 s for its headers or body"),
     (411, 411, "a request with a body needs a Content-Length or Transfer-Encoding: chunked"),
     (414, 414, f"URI too long: the request line may hold at most {HEADER_BUFFER - 2} bytes"),
@@ -120,10 +120,20 @@ def worker_connections() -> int:
     return max(64, min(4096, soft - 64))
 
 
+def _quoted(text: str) -> str:
+    """`text` as an nginx string literal: single-quoted, with nginx's escapes (\\\\, \\', \\n)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
 def _json_text(message: str) -> str:
-    """A JSON body as an nginx string literal (single-quoted; nginx has no escapes but \\' and \\\\)."""
-    body = json.dumps({"error": message})
-    return "'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """An error's JSON body (routes.error_body, the workers' too) as an nginx string literal."""
+    return _quoted(routes.error_body(message).decode("utf-8"))
+
+
+def _path_regex(route: routes.Route, segment: str) -> str:
+    """The route's path as an nginx regex (unquoted: a row's path holds only letters, digits
+    and `/._~-`), each <name> segment `segment`."""
+    return routes.SEGMENT.sub(segment, route.path.replace(".", "\\."))
 
 
 def _route_maps() -> str:
@@ -133,16 +143,49 @@ def _route_maps() -> str:
     page replaced the URI ($uri becomes /_smsuper/...) or the request line was never
     understood (then: `other`). A path nginx would normalise (//ping, /p%69ng) is `other` too:
     it is not a route as the platform sends it (and gunicorn would pass it on unnormalised)."""
-    labels = "".join(f"        ~^{path}(\\?|$) {path};\n" for path in routes.METHODS)
-    allows = "".join(f'        ~^{path}(\\?|$) "{routes.allow(path)}";\n' for path in routes.METHODS)
+    # $request_uri holds the query too: a segment stops at "?" as well as at "/".
+    uris = [f"~^{_path_regex(route, '[^/?]+')}(\\?|$)" for route in routes.TABLE]
+    labels = "".join(f"        {uri} {route.label};\n" for uri, route in zip(uris, routes.TABLE))
+    allows = "".join(f'        {uri} "{route.allow()}";\n' for uri, route in zip(uris, routes.TABLE))
     return (f"    map $request_uri $smsuper_route {{\n{labels}        default {routes.OTHER};\n    }}\n"
             f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n")
 
 
-def _method_check(path: str) -> str:
+def _method_check(route: routes.Route) -> str:
     """In a route's location: any other method is nginx's 405 (then in JSON, with Allow)."""
-    return f"            if ($request_method !~ ^({'|'.join(routes.METHODS[path])})$) {{\n" \
+    return f"            if ($request_method !~ ^({'|'.join(route.methods)})$) {{\n" \
            f"                return 405;\n            }}\n"
+
+
+def _location(route: routes.Route) -> str:
+    """`location = PATH` for an exact path; a regex location for a path with <name> segments
+    (nginx tries these in the table's order, after every exact one)."""
+    if route.pattern is None:
+        return f"location = {route.path}"
+    return f"location ~ ^{_path_regex(route, '[^/]+')}$"
+
+
+def _route_locations(runtime: RuntimeDir) -> str:
+    """One location per row of the route table."""
+    blocks = []
+    for route in routes.TABLE:
+        if route.answered_by == routes.NGINX:
+            # What nginx answers itself, it answers from the readiness flag.
+            blocks.append(f"""        {_location(route)} {{
+{_method_check(route)}            if (-f {runtime.ready_flag}) {{
+                return 200 "";
+            }}
+            error_page 503 /_smsuper/ping-status;
+{_error_pages("            ", own_503=True)}            return 503;
+        }}
+""")
+        else:
+            streamed = "            proxy_buffering off;\n" if route.body == routes.STREAMED else ""
+            blocks.append(f"""        {_location(route)} {{
+{_method_check(route)}{streamed}            proxy_pass http://{UPSTREAM};
+        }}
+""")
+    return "".join(blocks)
 
 
 ERROR_PREFIX = "/_smsuper/error/"
@@ -167,16 +210,15 @@ def _error_locations(not_found: str) -> str:
     blocks = [f"        location = {ERROR_PREFIX}{made} {{\n            internal;\n"
               f"            return {answered} {_json_text(message)};\n        }}\n"
               for made, answered, message in NGINX_ERRORS]
-    # $smsuper_route is one of routes.METHODS here (else the route is unknown: 404), and
-    # nginx accepts only letters, "_" and "-" in a method, so the body stays JSON.
+    # $smsuper_route is a row's label here (else the route is unknown: 404), and nginx
+    # accepts only letters, "_" and "-" in a method, so the body stays JSON.
     blocks.append(
         "        location @not_allowed {\n"
         '            if ($smsuper_allow = "") {\n'
         f"                return 404 {not_found};\n"
         "            }\n"
         "            add_header Allow $smsuper_allow always;\n"
-        "            return 405 '{\"error\": \"method $request_method is not allowed on $smsuper_route: "
-        "use $smsuper_allow\"}';\n"
+        f"            return 405 {_json_text(routes.not_allowed('$request_method', '$smsuper_route', '$smsuper_allow'))};\n"
         "        }\n")
     return "".join(blocks)
 
@@ -201,7 +243,7 @@ def render(config: ServeConfig, runtime: RuntimeDir, nginx_version: Version, wor
                            f"({config.max_payload_bytes} bytes)")
     too_slow = _json_text(f"the model did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={config.timeout} s")
     died = _json_text("the model server failed this request: its worker died or the server is restarting")
-    not_found = _json_text(routes.NO_SUCH_ROUTE)
+    not_found = _json_text(routes.no_such_route())
     # nginx's figures for PID 1's metrics endpoint: on a unix socket in the runtime
     # directory, so nothing outside the container reaches them and no port is taken.
     status_server = f"""
@@ -269,23 +311,10 @@ http {{
         proxy_next_upstream off;
 
 {_error_pages("        ")}
-        location = /ping {{
-{_method_check("/ping")}            if (-f {runtime.ready_flag}) {{
-                return 200 "";
-            }}
-            error_page 503 /_smsuper/ping-status;
-{_error_pages("            ", own_503=True)}            return 503;
-        }}
-        location = /_smsuper/ping-status {{
+{_route_locations(runtime)}        location = /_smsuper/ping-status {{
             internal;
             etag off;
             alias {runtime.ping_status};
-        }}
-        location = /invocations {{
-{_method_check("/invocations")}            proxy_pass http://{UPSTREAM};
-        }}
-        location = /execution-parameters {{
-{_method_check("/execution-parameters")}            proxy_pass http://{UPSTREAM};
         }}
         location / {{
             return 404 {not_found};

@@ -8,13 +8,17 @@ context (get_request_header(idx, name), set_response_header(idx, name,
 value)) are there too, so handlers written for it keep working, and so is its
 system_properties dict: model_dir, and gpu_id, this worker's GPU (gpus.py),
 None on a host without GPUs.
+
+It is the handlers' API and nothing more: the inference code makes one per
+call with what it knows (the negotiated types, the model directory) and reads
+back only the headers the handler set, into the Answer (seam.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
-from . import gpus
+from ..master import gpus
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -30,8 +34,6 @@ class Context:
         self.content_type = content_type  # without parameters, lower-case
         self.accept = accept  # the type chosen for the response
         self.response_headers: Dict[str, str] = {}
-        # (phase, seconds) of a finished invocation, for the metrics (metrics/serving.py).
-        self.phase_seconds: Tuple[Tuple[str, float], ...] = ()
 
     # ---- request ---------------------------------------------------------------
     @property

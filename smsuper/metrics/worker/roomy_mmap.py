@@ -25,8 +25,8 @@ from typing import Iterator, Tuple
 
 from prometheus_client import mmap_dict, values
 
-from .. import log
-from .multiproc import NO_ROOM_PREFIX
+from ... import log
+from ..multiproc import NO_ROOM_PREFIX
 
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _warned_in = [0]  # the pid that has warned already (a forked worker warns for itself)

@@ -2,12 +2,12 @@
 
 Sync workers by default (CPU-bound models, one request per worker at a
 time) that keep nginx's connections open between requests
-(keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
+(worker/keepalive_worker.py); gthread workers when SMSUPER_WORKER_THREADS > 1. The worker count,
 timeouts and preloading come from ServeConfig. gunicorn writes no access log
 (nginx does) and its titles say the role: `gunicorn: master [smsuper serve]`
 and `gunicorn: worker [smsuper serve]`.
 
-Workers report readiness through the runtime directory (readiness.py): the
+Workers report readiness through the runtime directory (serve/readiness.py): the
 model is loaded while the worker boots, then post_worker_init marks it
 ready; child_exit and worker_exit remove the mark. A heartbeat thread keeps
 the master from killing a worker whose model takes longer than the request
@@ -24,7 +24,6 @@ parent-death signal, so they never outlive a master killed with SIGKILL.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -37,19 +36,20 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
-from .. import log, settings
-from ..metrics import serving as serving_metrics
-from . import gpus, readiness
-from .config import ServeConfig, resolve
-from .nginx import UPSTREAM_KEEPALIVE_TIMEOUT
-from .runtime import RuntimeDir
+from ... import log, settings
+from ...init import capabilities, procfs
+from ...metrics.worker import serving as serving_metrics
+from .. import readiness
+from ..config import ServeConfig, resolve
+from ..nginx import UPSTREAM_KEEPALIVE_TIMEOUT
+from ..runtime import RuntimeDir
+from . import gpus
 
 PROC_NAME = "smsuper serve"
-PR_SET_PDEATHSIG = 1
 # Workers keep idle connections longer than nginx does, so gunicorn never closes
 # one that nginx is about to reuse (a POST sent into a closing connection would be a 502).
 WORKER_KEEPALIVE = UPSTREAM_KEEPALIVE_TIMEOUT + 15
-KEEPALIVE_WORKER = "smsuper.serve.keepalive_worker.KeepAliveWorker"
+KEEPALIVE_WORKER = "smsuper.serve.worker.keepalive_worker.KeepAliveWorker"
 # Behind nginx, which bounds the request line and every header line itself (nginx.HEADER_BUFFER)
 # and answers in JSON, gunicorn's own limits must be out of reach: its errors are HTML pages
 # (431 for more than 100 headers, 400 for a line over 4094 bytes). 0 is gunicorn's largest
@@ -91,14 +91,6 @@ class Heartbeat(threading.Thread):
                 return
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:
-        pass
-
-
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -122,14 +114,7 @@ def _nginx_running(pidfile: str) -> bool:
             pid = int(handle.read().strip() or 0)
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return pid > 0 and procfs.is_running(pid)
 
 
 class DrainingArbiter(Arbiter):
@@ -193,7 +178,7 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         global _heartbeat, _worker
         _worker = worker
         os.setpgid(0, 0)  # out of the master's group: PID 1's SIGTERM is for the master alone
-        _die_with_parent()
+        capabilities.die_with_parent(signal.SIGTERM)
         if os.getppid() != worker.ppid:
             os._exit(0)  # the master died before the line above
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
@@ -264,14 +249,14 @@ def build_wsgi(config: ServeConfig, runtime: Optional[RuntimeDir],
     global _service
     began = time.perf_counter()
     if config.app:
-        from .user_app import UserAppService
+        from ..worker.user_app import UserAppService
 
         service = UserAppService(config, runtime, should_stop)
         service.load()
         app = service
     else:
-        from .app import create_app
-        from .service import ModelService
+        from ..worker.app import create_app
+        from ..worker.service import ModelService
 
         service = ModelService(config, runtime)
         service.load()
@@ -335,7 +320,7 @@ class ServeApplication(BaseApplication):
                 self.cfg.set(key, value)
         if not self.config.app:
             # Imported once here, so forked workers share it instead of each importing Flask.
-            from . import app  # noqa: F401
+            from ..worker import app  # noqa: F401
 
     def load(self) -> Any:
         return build_wsgi(self.config, self.runtime, _worker_stopping)

@@ -22,7 +22,7 @@ _this_process: Optional[int] = None  # the GPU of this worker (or the master's, 
 
 
 def visible_count(environ: Optional[Mapping[str, str]] = None, proc: Optional[str] = None) -> int:
-    from ..sagemaker import resources
+    from ...sagemaker import resources
 
     return resources.gpu_count(environ, proc or resources.PROC)
 

@@ -210,13 +210,18 @@ DECODERS: Dict[str, Callable[..., Any]] = {JSON: decode_json, CSV: decode_csv, N
                                            JSONLINES: decode_jsonlines}
 
 
-def decode(body: Body, content_type: str, allow_nan: bool = False) -> Any:
-    decoder = DECODERS.get(content_type)
-    if decoder is None:
+def decoder(content_type: str) -> Callable[..., Any]:
+    """The default input_fn's decoder of `content_type`, or UnsupportedContentType (415)."""
+    found = DECODERS.get(content_type)
+    if found is None:
         shown = content_type or "(none)"
         raise UnsupportedContentType(
             f"unsupported content type {shown}: the default input_fn reads {', '.join(DECODERS)}")
-    return decoder(body, allow_nan)
+    return found
+
+
+def decode(body: Body, content_type: str, allow_nan: bool = False) -> Any:
+    return decoder(content_type)(body, allow_nan)
 
 
 # ---- encoding ------------------------------------------------------------------

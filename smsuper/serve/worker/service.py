@@ -5,20 +5,28 @@ running in the `failed` state: /invocations answers 500 naming the failure,
 /ping keeps failing, and the reason is written to ping-status.json and logged
 once for all workers (readiness.first_to_report). Crashing instead would make
 gunicorn restart the worker, fail again, and loop.
+
+The services' entries (ping, invoke, execution_parameters: the names the route
+table's rows give, serve/routes.py) are the inference side of the seam
+(seam.py): a Request in, an Answer out.
 """
 
 from __future__ import annotations
 
+import json
 import traceback
 from typing import Any, Optional
 
-from .. import log
-from . import codecs, readiness
-from .config import ServeConfig
+from ... import log
+from .. import readiness
+from ..config import ServeConfig
+from ..program import code_directories, locate
+from ..runtime import RuntimeDir
+from . import codecs
 from .context import Context
 from .errors import ModelLoadFailed, ModelNotReady
-from .handlers import Handlers, UserCodeError, call, code_directories, import_file, locate
-from .runtime import RuntimeDir
+from .handlers import Handlers, UserCodeError, call, import_file
+from .seam import JSON, Answer, Request
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
@@ -59,7 +67,8 @@ class ModelService(LoadState):
         step = "importing the handler module"
         try:
             path = locate(self.config.program, code_directories(self.config.base_dir, self.config.submit_directory))
-            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan)
+            self.handlers = Handlers(import_file(path), self.config.default_accept, self.config.json_allow_nan,
+                                     self.config.model_dir)
             step = "model_fn"
             codecs.numpy_module()  # import numpy now, not during the first request
             self.model = self.handlers.load_model(self.config.model_dir)
@@ -85,17 +94,26 @@ class ModelService(LoadState):
             detail = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             log.error(f"{self.failure}\n{detail.rstrip()}\n/ping fails and /invocations answers 500 until this is fixed")
 
-    def invoke(self, body: bytes, content_type: Optional[str], accept: Optional[str], context: Context) -> Any:
+    def ping(self, request: Request) -> Answer:
+        """/ping in a worker (only without nginx, which answers it from the readiness flag)."""
+        if self.state == READY:
+            return Answer(b"")
+        if self.state == FAILED:
+            return Answer.error(503, self.failure)
+        return Answer.error(503, "the model is still loading")
+
+    def invoke(self, request: Request) -> Answer:
         if self.state == LOADING:
             raise ModelNotReady("the model is still loading")
         if self.state == FAILED:
             raise ModelLoadFailed(self.failure)
         assert self.handlers is not None
-        context.model_dir = self.config.model_dir
-        return self.handlers.invoke(self.model, body, content_type, accept, context)
+        return self.handlers.invoke(self.model, request)
 
-    def execution_parameters(self, context: Context) -> dict:
+    def execution_parameters(self, request: Request) -> Answer:
         function = self.handlers.execution_parameters_fn if self.handlers else None
         if function is None:
-            return self.config.execution_parameters()
-        return dict(call(function, context))
+            parameters = self.config.execution_parameters()
+        else:
+            parameters = dict(call(function, Context(environ=request.environ, model_dir=self.config.model_dir)))
+        return Answer(json.dumps(parameters).encode("utf-8"), JSON)

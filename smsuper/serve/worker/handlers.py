@@ -18,6 +18,9 @@ application/json and text/csv, the raw bytes for every other type.
 output_fn and transform_fn may return bytes or str (sent as the negotiated
 type), a (body, content_type) pair, a Flask/werkzeug Response, or any other
 value, which the default encoder then writes in the negotiated type.
+
+Handlers.invoke is the inference side of the seam (seam.py): a Request in, an
+Answer out, with the headers the user set on `context` and the phases' times.
 """
 
 from __future__ import annotations
@@ -28,36 +31,13 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..program import HandlerError
 from . import codecs, negotiation
 from .context import Context
-from .errors import NotAcceptable, ServeError, UnsupportedContentType, status_of
-
-
-class HandlerError(Exception):
-    """The user's module cannot be found or used; the message says why and where we looked."""
-
-
-def code_directories(base_dir: str, submit_directory: str = "") -> List[str]:
-    directories = []
-    if submit_directory and "://" not in submit_directory and os.path.isdir(submit_directory):
-        directories.append(submit_directory)
-    directories += [os.path.join(base_dir, "model", "code"), os.path.join(base_dir, "code")]
-    return directories
-
-
-def locate(program: str, directories: Sequence[str]) -> str:
-    """The path of the handler module, or HandlerError naming every place looked in."""
-    names = [program] if program.endswith(".py") else [program + ".py", program]
-    for directory in directories:
-        for name in names:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                return path
-    where = ", ".join(directories)
-    raise HandlerError(f"no handler module {names[0]} in {where}: put it there, set SAGEMAKER_PROGRAM "
-                       f"to its name, or serve your own WSGI app with SMSUPER_APP=module:attr")
+from .errors import NotAcceptable, ServeError, status_of
+from .seam import Answer, Phases, Request
 
 
 def import_file(path: str) -> ModuleType:
@@ -123,16 +103,15 @@ def call(function: UserFunction, context: Context, *args: Any) -> Any:
         raise UserCodeError(function.name, error) from error
 
 
-Answer = Tuple[bytes, str]
-
-
 class Handlers:
     """The user's functions with the defaults filled in."""
 
-    def __init__(self, module: ModuleType, default_accept: str, json_allow_nan: bool = False):
+    def __init__(self, module: ModuleType, default_accept: str, json_allow_nan: bool = False,
+                 model_dir: str = ""):
         self.module = module
         self.default_accept = default_accept
         self.json_allow_nan = json_allow_nan
+        self.model_dir = model_dir
 
         def find(name: str, arity: int) -> Optional[UserFunction]:
             function = getattr(module, name, None)
@@ -145,6 +124,8 @@ class Handlers:
         self.transform_fn = find("transform_fn", 4)
         self.execution_parameters_fn = find("execution_parameters_fn", 0)
         self._chosen: Dict[Optional[str], Optional[str]] = {}
+        # The user decodes the body itself, or the default input_fn must know its type.
+        self.user_decodes = self.transform_fn is not None or self.input_fn is not None
         if self.model_fn is None:
             raise HandlerError(f"{module.__file__} defines no model_fn(model_dir): it must load and return the model")
 
@@ -166,12 +147,6 @@ class Handlers:
                                 f"{', '.join(codecs.ENCODERS)}")
         return chosen
 
-    def _check_content_type(self, content_type: str) -> None:
-        if self.transform_fn is None and self.input_fn is None and content_type not in codecs.DECODERS:
-            shown = content_type or "(none)"
-            raise UnsupportedContentType(f"unsupported content type {shown}: the default input_fn reads "
-                                         f"{', '.join(codecs.DECODERS)}")
-
     def _predict(self, context: Context, data: Any, model: Any) -> Any:
         if self.predict_fn is not None:
             return call(self.predict_fn, context, data, model)
@@ -185,44 +160,48 @@ class Handlers:
         raise ServeError("the handler module defines no predict_fn and the model has no predict() "
                          "and is not callable")
 
-    def invoke(self, model: Any, body: bytes, content_type_header: Optional[str],
-               accept_header: Optional[str], context: Context) -> Any:
-        """Run one prediction; returns (body, content_type) or a Response object."""
-        content_type = negotiation.media_type(content_type_header) or codecs.JSON
-        accept = self._response_type(accept_header)
-        self._check_content_type(content_type)
-        context.content_type, context.accept = content_type, accept
-        clock = time.perf_counter  # each phase's time goes to the metrics through the context
+    def invoke(self, model: Any, request: Request) -> Answer:
+        """Run one prediction."""
+        body = request.body
+        content_type = negotiation.media_type(request.content_type) or codecs.JSON
+        accept = self._response_type(request.accept)
+        # The one check of the content type (415), before any user code runs.
+        decode = None if self.user_decodes else codecs.decoder(content_type)
+        context = Context(environ=request.environ, model_dir=self.model_dir, content_type=content_type,
+                          accept=accept)
+        clock = time.perf_counter
         began = clock()
-        allow_nan = self.json_allow_nan
         if self.transform_fn is not None:
             result = call(self.transform_fn, context, model, codecs.for_handlers(body, content_type),
                           content_type, accept)
-            answer = self._answer(result, accept)
-            context.phase_seconds = (("transform", clock() - began),)
-            return answer
-        if self.input_fn is not None:
+            return self._answer(result, accept, context, (("transform", clock() - began),))
+        if decode is None:
             data = call(self.input_fn, context, codecs.for_handlers(body, content_type), content_type)
         else:
-            data = codecs.decode(body, content_type, allow_nan)
+            data = decode(body, self.json_allow_nan)
         decoded = clock()
         prediction = self._predict(context, data, model)
         predicted = clock()
         if self.output_fn is None:
-            answer = codecs.encode(prediction, accept, allow_nan), accept
+            result: Any = codecs.encode(prediction, accept, self.json_allow_nan)
         else:
-            answer = self._answer(call(self.output_fn, context, prediction, accept), accept)
-        context.phase_seconds = (("input", decoded - began), ("predict", predicted - decoded),
-                                 ("output", clock() - predicted))
-        return answer
+            result = call(self.output_fn, context, prediction, accept)
+        return self._answer(result, accept, context, (("input", decoded - began), ("predict", predicted - decoded),
+                                                      ("output", clock() - predicted)))
 
-    def _answer(self, result: Any, accept: str) -> Any:
+    def _answer(self, result: Any, accept: str, context: Context, phases: Phases) -> Answer:
+        if isinstance(result, bytes):
+            return _answer(result, accept, context, phases)
         if hasattr(result, "get_data") and hasattr(result, "status_code"):
-            return result  # a Response made by the user
+            # A Response made by the user: its status, type and headers.
+            headers = [(name, value) for name, value in result.headers.items()
+                       if name.lower() not in ("content-type", "content-length")]
+            body = result.response if result.is_streamed else result.get_data()
+            return _answer(body, result.headers.get("Content-Type"), context, phases, result.status_code, headers)
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             body, content_type = result
-            return self._to_bytes(body, content_type), content_type
-        return self._to_bytes(result, accept), accept
+            return _answer(self._to_bytes(body, content_type), content_type, context, phases)
+        return _answer(self._to_bytes(result, accept), accept, context, phases)
 
     def _to_bytes(self, value: Any, content_type: str) -> bytes:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -233,3 +212,18 @@ class Handlers:
             return codecs.encode(value, negotiation.media_type(content_type), self.json_allow_nan)
         raise ServeError(f"the handler returned a {type(value).__name__}, which cannot be sent as "
                          f"{content_type}: return bytes or str")
+
+
+def _answer(body: Any, content_type: Optional[str], context: Context, phases: Phases, status: int = 200,
+            headers: Optional[List[Tuple[str, str]]] = None) -> Answer:
+    """The Answer, with the headers the handler set on `context` replacing any of the same name
+    (a Content-Type set there is the answer's type)."""
+    if context.response_headers:
+        replaced = {name.lower() for name in context.response_headers}
+        headers = [(name, value) for name, value in headers or () if name.lower() not in replaced]
+        for name, value in context.response_headers.items():
+            if name.lower() == "content-type":
+                content_type = value
+            else:
+                headers.append((name, value))
+    return Answer(body, content_type, status, headers or (), phases)

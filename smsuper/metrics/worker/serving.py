@@ -5,9 +5,10 @@ prometheus_client's multiprocess mode into the run's directory
 (PROMETHEUS_MULTIPROC_DIR, made fresh by PID 1 at every start); PID 1 merges
 them at scrape time (multiproc.py) without importing prometheus_client.
 
-  workers: request latency, the latency of each phase of an invocation
-           (input, predict, output; `transform` for a transform_fn), requests
-           in flight, model load seconds; requests by route and status code
+  workers: request latency (until the body has been sent), the latency
+           of each phase of an invocation (input, predict, output;
+           `transform` for a transform_fn), requests in flight, model load
+           seconds; requests by route (the route table's labels, serve/routes.py) and status code
            only without nginx: with nginx in front PID 1 counts them from its
            access log (metrics/responses.py), nginx's own answers included;
   master:  worker restarts and worker timeouts, seen when it reaps a worker
@@ -39,15 +40,11 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
-from ..serve.routes import METHODS, OTHER
-from . import multiproc
-from .responses import HELP as REQUESTS_HELP
-
-# Bounded label values: the platform's routes, everything else is "other".
-ROUTES = {path: path for path in METHODS}
-OTHER_ROUTE = OTHER
+from ...serve import routes
+from .. import multiproc
+from ..responses import HELP as REQUESTS_HELP
 # From a millisecond to the longest SAGEMAKER_MODEL_SERVER_TIMEOUT anyone uses.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    float("inf"))
@@ -103,9 +100,21 @@ class _Metrics:
         self.recycles = Counter("smsuper_worker_recycles", "gunicorn workers that left on their own after "
                                 "SMSUPER_MAX_REQUESTS requests (planned restarts).")
         self._counted: Dict[Tuple[str, str], Any] = {}
-        self._timed = {route: self.latency.labels(route) for route in (*ROUTES.values(), OTHER_ROUTE)}
+        # Bounded label values: the route table's labels, everything else is "other".
+        self.labels = routes.labels()
+        self.patterns = tuple(route for route in routes.TABLE if route.pattern is not None)
+        self._timed = {label: self.latency.labels(label)
+                       for label in (*(route.label for route in routes.TABLE), routes.OTHER)}
         self._phase = {}
         self.batch = _Batch(self)
+
+    def label(self, path: str) -> str:
+        """The `route` label of a request's path: a dict lookup for the exact paths."""
+        label = self.labels.get(path)
+        if label is None:
+            route = routes.find(path, self.patterns) if self.patterns else None
+            label = route.label if route is not None else routes.OTHER
+        return label
 
     def count(self, route: str, code: str) -> Any:
         child = self._counted.get((route, code))
@@ -198,7 +207,7 @@ def install(directory: Optional[str], count_requests: bool = True) -> None:
     try:
         multiproc.compact(directory, keep_pids=[os.getpid()])
     except OSError as error:
-        from .. import log
+        from ... import log
 
         log.warning(f"could not fold the metrics files of earlier processes in {directory}: "
                     f"{error.strerror or error}; the next worker exit tries again")
@@ -209,7 +218,9 @@ def enabled() -> bool:
 
 
 class RequestMetrics:
-    """WSGI middleware: counts and times every request a worker answers."""
+    """WSGI middleware: counts and times every request a worker answers, until its body
+    has been sent (the server closes the body's iterable then, PEP 3333): an answer
+    streamed from an iterator is timed whole, not only until the view returned it."""
 
     def __init__(self, app: Callable):
         self.app = app
@@ -218,21 +229,66 @@ class RequestMetrics:
         metrics = _state
         if metrics is None:
             return self.app(environ, start_response)
-        route = ROUTES.get(environ.get("PATH_INFO", ""), OTHER_ROUTE)
-        status = ["500"]  # what gunicorn answers when the app raises
-
-        def capture(line: str, headers: list, *exc_info: Any) -> Callable:
-            status[0] = line[:3]
-            return start_response(line, headers, *exc_info)
-
+        request = _Request(metrics, environ, start_response)
         metrics.in_flight.inc()
-        began = time.perf_counter()
         try:
-            return self.app(environ, capture)
+            body = self.app(environ, request.start_response)
+        except BaseException:
+            request.finished()  # gunicorn answers 500
+            raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and isinstance(body, file_wrapper):
+            request.finished()  # the server sends it with sendfile(), which a wrapper would hide
+            return body
+        return _Sent(body, request)
+
+
+class _Request:
+    """One request being answered: its route, its status once known, when it began."""
+
+    __slots__ = ("metrics", "environ", "route", "status", "began", "_start_response", "done")
+
+    def __init__(self, metrics: _Metrics, environ: dict, start_response: Callable):
+        self.metrics = metrics
+        self.environ = environ
+        self.route = metrics.label(environ.get("PATH_INFO", ""))
+        self.status = "500"  # what gunicorn answers when the app raises
+        self._start_response = start_response
+        self.done = False
+        self.began = time.perf_counter()
+
+    def start_response(self, line: str, headers: list, *exc_info: Any) -> Callable:
+        self.status = line[:3]
+        return self._start_response(line, headers, *exc_info)
+
+    def finished(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        elapsed = time.perf_counter() - self.began
+        self.metrics.in_flight.dec()
+        self.metrics.batch.request(self.route, self.status, elapsed, self.environ.get(PHASES_KEY))
+
+
+class _Sent:
+    """The app's body, handed on to the server as it is; its close() ends the request's timing."""
+
+    __slots__ = ("body", "request")
+
+    def __init__(self, body: Iterable[bytes], request: _Request):
+        self.body = body
+        self.request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
         finally:
-            elapsed = time.perf_counter() - began
-            metrics.in_flight.dec()
-            metrics.batch.request(route, status[0], elapsed, environ.get(PHASES_KEY))
+            self.request.finished()
 
 
 def wrap(app: Callable) -> Callable:

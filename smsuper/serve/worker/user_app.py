@@ -10,7 +10,10 @@ it loaded before the worker takes traffic. Until it passes, it is retried
 every second; afterwards nginx answers /ping from the readiness flag, so the
 app's /ping never again competes with predictions.
 
-/execution-parameters is the app's when it has that route, smsuper's otherwise.
+Which routes are the app's alone, and which smsuper answers when the app
+cannot (answers 404: /execution-parameters), the route table says (each
+row's `user_app`, serve/routes.py); smsuper's answer is this service's entry of
+the row's name, as for style A (seam.py).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from .. import log
-from . import readiness
-from .config import ServeConfig
-from .handlers import code_directories
-from .runtime import RuntimeDir
+from ... import log
+from .. import readiness, routes
+from ..config import ServeConfig
+from ..program import code_directories
+from ..runtime import RuntimeDir
+from .seam import JSON, Answer, Request, send
 from .service import FAILED, LOADING, READY, LoadState
 
 PROBE_INTERVAL = 1.0
@@ -51,11 +55,6 @@ def import_app(spec: str, search: List[str]) -> Any:
     if not callable(target):
         raise TypeError(f"{spec} is a {type(target).__name__}, not a WSGI application")
     return target
-
-
-def _json(status: str, message: str) -> Tuple[str, List[Tuple[str, str]], bytes]:
-    body = (json.dumps({"error": message}) + "\n").encode("utf-8")
-    return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
 
 
 def probe_ping(app: Any) -> Tuple[bool, str]:
@@ -83,6 +82,13 @@ class UserAppService(LoadState):
         super().__init__(config, runtime)
         self.should_stop = should_stop
         self.app: Any = None
+        # The rows smsuper answers when the app answers 404, and the health route(s).
+        self.fallbacks = tuple(route for route in routes.TABLE if route.user_app == routes.FALLBACK)
+        self.health = {route.path for route in routes.TABLE if route.entry == routes.HEALTH}
+        for route in self.fallbacks:
+            if not callable(getattr(self, route.entry, None)):
+                raise TypeError(f"route {route.path} names the entry {route.entry}, which "
+                                f"{type(self).__name__} does not have")
 
     def _log_once(self, message: str) -> None:
         if self.runtime is None or readiness.first_to_report(self.runtime, message):
@@ -123,17 +129,17 @@ class UserAppService(LoadState):
         path = environ.get("PATH_INFO", "")
         if self.state != READY:
             if self.state == FAILED:
-                code = "503 Service Unavailable" if path == "/ping" else "500 Internal Server Error"
-                status, headers, body = _json(code, self.failure)
+                answer = Answer.error(503 if path in self.health else 500, self.failure)
             else:
-                status, headers, body = _json("503 Service Unavailable", "the app is still loading")
-            start_response(status, headers)
-            return [body]
-        if path == "/execution-parameters":
-            return self._execution_parameters(environ, start_response)
+                answer = Answer.error(503, "the app is still loading")
+            return send(answer, start_response)
+        fallback = routes.find(path, self.fallbacks) if self.fallbacks else None
+        if fallback is not None:
+            return self._unless_not_found(fallback, environ, start_response)
         return self.app(environ, start_response)
 
-    def _execution_parameters(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def _unless_not_found(self, route: routes.Route, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """The app's answer, unless it is a 404: then the answer of smsuper's entry for the route."""
         app_iter, status, headers = run_wsgi_app(self.app, environ)
         if not status.startswith("404"):
             start_response(status, headers)
@@ -141,6 +147,10 @@ class UserAppService(LoadState):
         close = getattr(app_iter, "close", None)
         if close:
             close()
-        body = json.dumps(self.config.execution_parameters()).encode("utf-8")
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+        match = route.pattern.match(environ.get("PATH_INFO", "")) if route.pattern is not None else None
+        entry: Callable[[Request], Answer] = getattr(self, route.entry)
+        return send(entry(Request(environ, params=match.groupdict() if match else None)), start_response)
+
+    # ---- entries (seam.py) ------------------------------------------------------------
+    def execution_parameters(self, request: Request) -> Answer:
+        return Answer(json.dumps(self.config.execution_parameters()).encode("utf-8"), JSON)

@@ -1,0 +1,1 @@
+"""Code of the gunicorn master (`python smsuper.pyz _gunicorn`): the application, its hooks, GPU assignment."""
