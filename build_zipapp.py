@@ -67,6 +67,8 @@ TRANSITIVE_LOCK: Dict[str, str] = {
     "zipp": "3.23.1",               # importlib-metadata's; 4.x needs 3.10
     # gunicorn 23.0.0
     "packaging": "26.3",            # used only by the gevent and eventlet workers
+    # wsproto 1.2.0
+    "h11": "0.16.0",
 }
 
 # Packages whose wheels carry a compiled extension we ship (one per target).

@@ -159,6 +159,18 @@ def _port_range(text: str) -> Optional[Tuple[int, int]]:
     return (low, high)
 
 
+_STREAM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+# The platform's other routes (serve/routes.py) and nginx's internal locations.
+_TAKEN_PATHS = ("/ping", "/invocations", "/execution-parameters")
+
+
+def _stream_path(text: str) -> str:
+    path = text.strip()
+    if not _STREAM_PATH.fullmatch(path) or path in _TAKEN_PATHS or path.startswith("/_smsuper"):
+        raise ValueError(text)
+    return path
+
+
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(\))?)?$")
 
 
@@ -274,15 +286,25 @@ _DECLARED: Iterable[Setting] = (
     Setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", _integer(1, 3600), 60,
             "Seconds a request may take; nginx and gunicorn timeouts both follow it.", "an integer 1-3600",
             jobs=("serve",), aliases=("MODEL_SERVER_TIMEOUT",)),
+    Setting("SMSUPER_STREAM_TIMEOUT", _number(0.0), 3600.0,
+            "Seconds a streamed answer may last in all (0: no bound); the gap between two chunks is "
+            "bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT.", "a number of seconds >= 0", jobs=("serve",),
+            default_doc="3600"),
+    Setting("SAGEMAKER_ENABLE_STATEFUL_SESSIONS", _boolean, False,
+            "Stateful sessions: X-Amzn-SageMaker-Session-Id: NEW_SESSION creates one, whose store "
+            "handlers read and write through context.session.", "true or false", jobs=("serve",)),
+    Setting("SAGEMAKER_SESSIONS_EXPIRATION", _integer(1, 7 * 24 * 3600), 1200,
+            "Seconds a stateful session lives after it was created.", "an integer of seconds >= 1",
+            jobs=("serve",)),
     Setting("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _nonempty, "application/json",
             "Response type when a request sends no Accept header (or */*).", "a media type", jobs=("serve",)),
     Setting("SMSUPER_JSON_ALLOW_NAN", _boolean, False,
             "Let the default JSON codecs read and write NaN, Infinity and -Infinity as Python does (not "
             "standard JSON). Off: such input is a 400 and such predictions are written as null.",
             "true or false", jobs=("serve",)),
-    Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 100), 6,
-            "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100).",
-            "an integer 1-100", jobs=("serve",)),
+    Setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", _integer(1, 1024), 6,
+            "Largest request body in MiB (6 is the API's limit; batch transform allows up to 100, "
+            "asynchronous inference up to 1 GB).", "an integer 1-1024", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH", _boolean, False,
             "Set by batch transform.", "true or false", jobs=("serve",)),
     Setting("SAGEMAKER_BATCH_STRATEGY", _choice("MULTI_RECORD", "SINGLE_RECORD"), "MULTI_RECORD",
@@ -296,6 +318,14 @@ _DECLARED: Iterable[Setting] = (
     Setting("SMSUPER_WORKER_THREADS", _integer(1, 256), 1,
             "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.", "an integer >= 1",
             jobs=("serve",)),
+    Setting("SMSUPER_BIDIRECTIONAL_STREAM_PATH", _stream_path, "/invocations-bidirectional-stream",
+            "Path where serve accepts the platform's bidirectional streams (WebSocket connections, answered "
+            "by the handler module's stream_fn), for clients that name another path.",
+            "a path of letters, digits and ._~- segments, not /ping, /invocations or /execution-parameters",
+            jobs=("serve",)),
+    Setting("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER", _integer(1, 1024), 32,
+            "Bidirectional streams one gunicorn worker holds at once, each in threads of its own beside the "
+            "worker's requests; one more is refused with 503.", "an integer 1-1024", jobs=("serve",)),
     Setting("SMSUPER_PRELOAD_MODEL", _boolean, False,
             "Load the model once in the gunicorn master before forking, so workers share its memory.",
             "true or false", jobs=("serve",)),

@@ -8,6 +8,7 @@ period (SMSUPER_GRACE_PERIOD, G: PID 1 SIGKILLs whatever is left after G).
   gunicorn timeout                T + 5   only then is the stuck sync worker killed (after the 504
                                           went out), so the client never sees a 502 from the kill
   nginx worker_shutdown_timeout   G - 5   nginx drains in-flight requests, then gives up
+  bidirectional streams           G - 7   after the stop they finish, then close with 1001 (worker/websocket.py)
   gunicorn drain deadline         G - 4   the master keeps serving until nginx has exited
   gunicorn graceful_timeout       <= G - 2  then workers finish and exit, before PID 1's SIGKILL
 """
@@ -51,6 +52,10 @@ class ServeConfig:
     program: str
     submit_directory: str
     log_level: str
+    streams_per_worker: int = 32  # SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER
+    stream_timeout: float = 3600.0  # seconds a streamed answer may last in all (0: no bound)
+    sessions: bool = False  # stateful sessions (worker/sessions.py)
+    sessions_expiration: int = 1200
 
     # ---- derived ----------------------------------------------------------------
     @property
@@ -68,6 +73,12 @@ class ServeConfig:
     @property
     def nginx_shutdown_timeout(self) -> float:
         return max(1.0, self.grace_period - 5)
+
+    @property
+    def stream_stop_deadline(self) -> float:
+        """Seconds a bidirectional stream may still run after the stop: closed with 1001 by then,
+        before nginx (which holds it) gives up at nginx_shutdown_timeout."""
+        return max(0.5, self.nginx_shutdown_timeout - 2)
 
     @property
     def drain_wait(self) -> float:
@@ -114,4 +125,8 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         program=get("SAGEMAKER_PROGRAM") or "inference.py",
         submit_directory=get("SAGEMAKER_SUBMIT_DIRECTORY"),
         log_level=get("SMSUPER_LOG_LEVEL") or "info",  # None: the default of train and serve
+        streams_per_worker=get("SMSUPER_BIDIRECTIONAL_STREAMS_PER_WORKER"),
+        stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
+        sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),
+        sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
     )

@@ -10,6 +10,9 @@ unprivileged user. The locations come from the route table (routes.py):
   a row a worker answers (/invocations, /execution-parameters) proxied to
                          gunicorn over its unix socket, its answer buffered or
                          (a streamed row) passed on as it comes
+  an upgraded row        (/invocations-bidirectional-stream) the same, with the
+                         client's Upgrade passed on: a WebSocket, whose bytes
+                         nginx then relays both ways, idle for up to STREAM_IDLE_TIMEOUT
   anything else          404 with a short JSON body
 
 Every error nginx makes itself is a short JSON body too, never its HTML page
@@ -52,6 +55,9 @@ PROXY_BUFFER = 64 * 1024
 # longer, so nginx always closes first. Short, because a retiring worker waits for it.
 UPSTREAM_KEEPALIVE_TIMEOUT = 5
 UPSTREAM = "smsuper_model"
+# How long a bidirectional stream (an upgraded row) may pass no byte either way before nginx
+# closes it: the platform pings every 60 s, so a live stream never gets near it.
+STREAM_IDLE_TIMEOUT = 3600
 # nginx's buffer for the request line and for each header line, which it must hold whole with
 # its line end (so a line holds 8188 bytes): gunicorn reads request lines of at most 8190
 # bytes, its hard maximum, so nginx's limit is the one a client meets.
@@ -147,8 +153,11 @@ def _route_maps() -> str:
     uris = [f"~^{_path_regex(route, '[^/?]+')}(\\?|$)" for route in routes.TABLE]
     labels = "".join(f"        {uri} {route.label};\n" for uri, route in zip(uris, routes.TABLE))
     allows = "".join(f'        {uri} "{route.allow()}";\n' for uri, route in zip(uris, routes.TABLE))
+    # The Connection header of an upgraded row: `upgrade` when the client asks for one, else
+    # none (nginx then keeps its connection to the worker for the next request).
+    upgrade = '    map $http_upgrade $smsuper_upgrade {\n        default upgrade;\n        "" "";\n    }\n'
     return (f"    map $request_uri $smsuper_route {{\n{labels}        default {routes.OTHER};\n    }}\n"
-            f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n")
+            f"    map $request_uri $smsuper_allow {{\n{allows}        default \"\";\n    }}\n" + upgrade)
 
 
 def _method_check(route: routes.Route) -> str:
@@ -177,6 +186,20 @@ def _route_locations(runtime: RuntimeDir) -> str:
             }}
             error_page 503 /_smsuper/ping-status;
 {_error_pages("            ", own_503=True)}            return 503;
+        }}
+""")
+        elif route.body == routes.UPGRADED:
+            # A proxy_set_header here replaces all of the server's: Host and X-Forwarded-For again.
+            # Once upgraded, nginx relays each read at once (proxy_buffering does not apply).
+            blocks.append(f"""        {_location(route)} {{
+{_method_check(route)}            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $smsuper_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout {STREAM_IDLE_TIMEOUT}s;
+            proxy_send_timeout {STREAM_IDLE_TIMEOUT}s;
+            send_timeout {STREAM_IDLE_TIMEOUT}s;
+            proxy_pass http://{UPSTREAM};
         }}
 """)
         else:

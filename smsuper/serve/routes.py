@@ -2,7 +2,8 @@
 
   nginx's config (nginx.py)     a location per row: answered by nginx itself or passed
                                 to the workers, the row's methods checked (405 with Allow),
-                                its answer buffered or streamed; the access log's label
+                                its answer buffered, streamed or upgraded to a
+                                WebSocket; the access log's label
   the Flask app (worker/app.py) a rule per row, answered by the worker entry the row names
   the user's WSGI app           which rows smsuper answers when the app cannot
     (worker/user_app.py)
@@ -13,7 +14,8 @@
 
 Adding a route is one row here, plus the worker entry it names (a method of the
 worker's service: worker/service.py and worker/user_app.py; see worker/seam.py).
-This module is read by PID 1 too: it imports nothing but re and json, which PID 1 has anyway.
+This module is read by PID 1 too: it imports nothing but re, json and the settings, which PID 1
+has anyway.
 
 A path may hold `<name>` segments (`/models/<name>/invoke`): one segment of any
 characters but `/`, handed to the entry as request.params["name"]; the row's label
@@ -25,6 +27,8 @@ from __future__ import annotations
 import json
 import re
 
+from .. import settings
+
 TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
 if TYPE_CHECKING:
     from typing import Dict, Optional, Pattern, Tuple
@@ -35,6 +39,7 @@ WORKER = "worker"  # nginx passes it to a worker
 # How nginx passes a worker's answer on.
 BUFFERED = "buffered"  # whole, so the sync worker is free again however slowly the client reads
 STREAMED = "streamed"  # as the worker writes it (chunked answers, server-sent events)
+UPGRADED = "upgraded"  # a WebSocket: nginx passes the Upgrade on, then bytes both ways (worker/websocket.py)
 # What a user's own WSGI app (SMSUPER_APP) gets.
 APP = "app"            # the app answers; smsuper does not look
 FALLBACK = "fallback"  # the app answers, unless it answers 404: then smsuper's entry does
@@ -56,7 +61,7 @@ class Route:
 
     def __init__(self, path: str, methods: Tuple[str, ...], entry: str, answered_by: str = WORKER,
                  body: str = BUFFERED, user_app: str = APP, label: Optional[str] = None):
-        if answered_by not in (NGINX, WORKER) or body not in (BUFFERED, STREAMED) or user_app not in (APP, FALLBACK):
+        if answered_by not in (NGINX, WORKER) or body not in (BUFFERED, STREAMED, UPGRADED) or user_app not in (APP, FALLBACK):
             raise ValueError(f"route {path}: answered_by, body or user_app is not one of the known values")
         if not _PATH.match(path) or not methods or not all(m.isalpha() and m.isupper() for m in methods):
             raise ValueError(f"route {path}: a path is / and letters, digits, ._~- or <name> segments; "
@@ -88,12 +93,21 @@ class Route:
         return f"Route({self.path!r}, {self.methods!r}, {self.entry!r}, {self.answered_by}, {self.body})"
 
 
+def _stream_path() -> str:
+    """SMSUPER_BIDIRECTIONAL_STREAM_PATH; a bad value is the start's error (settings.validate), not this one's."""
+    try:
+        return settings.value("SMSUPER_BIDIRECTIONAL_STREAM_PATH")
+    except settings.SettingError:
+        return "/invocations-bidirectional-stream"
+
+
 # The platform's routes. The methods are nginx's to check (405 with Allow), so a
 # worker only sees what it is meant to answer.
 TABLE: Tuple[Route, ...] = (
     Route("/ping", ("GET", "HEAD"), HEALTH, answered_by=NGINX),
     Route("/invocations", ("POST",), "invoke"),
     Route("/execution-parameters", ("GET", "HEAD"), "execution_parameters", user_app=FALLBACK),
+    Route(_stream_path(), ("GET",), "bidirectional_stream", body=UPGRADED),
 )
 # The `route` label of every other path (bounded label values).
 OTHER = "other"

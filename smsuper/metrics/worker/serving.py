@@ -49,6 +49,9 @@ from ..responses import HELP as REQUESTS_HELP
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    float("inf"))
 
+# Streams may last up to an hour (SMSUPER_STREAM_TIMEOUT, async's longest invocation).
+STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
+
 # How late a worker's counts and timings may reach the scrape.
 PUBLISH_DELAY = 0.2
 # Where the app leaves an invocation's phase timings for the middleware to record.
@@ -99,6 +102,17 @@ class _Metrics:
         # Counted by the worker itself as it leaves: restarts minus recycles are the unplanned ones.
         self.recycles = Counter("smsuper_worker_recycles", "gunicorn workers that left on their own after "
                                 "SMSUPER_MAX_REQUESTS requests (planned restarts).")
+        # Streamed answers (serve/worker/streaming.py): few and long, so recorded at once.
+        self.streams_in_flight = Gauge("smsuper_streams_in_flight", "Streamed answers being sent right now "
+                                       "(until their last byte).", multiprocess_mode="livesum")
+        self.stream_first_byte = Histogram("smsuper_stream_first_byte_seconds", "Seconds from a streamed "
+                                           "request's arrival at a worker to its first chunk.", buckets=LATENCY_BUCKETS)
+        self.stream_duration = Histogram("smsuper_stream_duration_seconds", "Seconds a streamed answer took, "
+                                         "to its last chunk (or its end by failure or disconnect).",
+                                         buckets=STREAM_BUCKETS)
+        self.stream_chunks = Counter("smsuper_stream_chunks", "Chunks of streamed answers sent.")
+        self.stream_bytes = Counter("smsuper_stream_bytes", "Bytes of streamed answers sent (without the "
+                                    "chunked encoding's framing).")
         self._counted: Dict[Tuple[str, str], Any] = {}
         # Bounded label values: the route table's labels, everything else is "other".
         self.labels = routes.labels()
@@ -308,6 +322,24 @@ def publish_pending(recycled: bool = False) -> None:
         if recycled:
             _state.recycles.inc()
         _state.batch.publish()
+
+
+def stream_started() -> None:
+    if _state is not None:
+        _state.streams_in_flight.inc()
+
+
+def stream_ended(first_byte: Optional[float], seconds: float, chunks: int, sent: int) -> None:
+    """A streamed answer is over: `first_byte` None when it sent nothing."""
+    if _state is None:
+        return
+    _state.streams_in_flight.dec()
+    if first_byte is not None:
+        _state.stream_first_byte.observe(first_byte)
+    _state.stream_duration.observe(seconds)
+    if chunks:
+        _state.stream_chunks.inc(chunks)
+        _state.stream_bytes.inc(sent)
 
 
 def model_loaded(seconds: float) -> None:

@@ -39,7 +39,7 @@ from gunicorn.glogging import Logger
 from ... import log, settings
 from ...init import capabilities, procfs
 from ...metrics.worker import serving as serving_metrics
-from .. import readiness
+from .. import readiness, routes
 from ..config import ServeConfig, resolve
 from ..nginx import UPSTREAM_KEEPALIVE_TIMEOUT
 from ..runtime import RuntimeDir
@@ -125,6 +125,13 @@ class DrainingArbiter(Arbiter):
         config = application.config
         received = time.monotonic()
         pidfile = application.nginx_pidfile
+        # Bidirectional streams hold nginx's connections open: the workers let them finish
+        # and close them (worker/websocket.py), so nginx can exit before its own deadline.
+        for pid in list(self.WORKERS):
+            try:
+                os.kill(pid, signal.SIGWINCH)
+            except OSError:
+                pass
         if pidfile and _nginx_running(pidfile):
             log.info("SIGTERM: serving until nginx has answered every request it holds")
             deadline = received + config.drain_wait
@@ -184,12 +191,21 @@ def _hooks(runtime: RuntimeDir, config: ServeConfig) -> Dict[str, Any]:
         gpus.set_this_process(getattr(worker, "smsuper_gpu_id", None))
         _heartbeat = Heartbeat(worker, max(1.0, config.worker_timeout / 4))
         _heartbeat.start()
+        from ..worker import streaming
+
+        streaming.set_heartbeat(worker.notify)  # a stream keeps the worker alive while chunks flow
 
     def post_worker_init(worker: Any) -> None:
         if _heartbeat is not None:
             _heartbeat.done.set()
         if _service is not None and _service.ready and os.getppid() == worker.ppid:
             readiness.mark_ready(runtime, os.getpid())
+        if getattr(_service, "can_stream", False) and hasattr(worker, "streams"):
+            from ..worker.websocket import StreamServer
+
+            path = next(route.path for route in routes.TABLE if route.body == routes.UPGRADED)
+            worker.streams = StreamServer(path, _service.stream_messages, config.streams_per_worker,
+                                          config.max_payload_bytes, config.stream_stop_deadline)
 
     exited: Deque[Tuple[Any, bool]] = deque()
     busy = [False]

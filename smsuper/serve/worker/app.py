@@ -12,6 +12,7 @@ state, and can queue behind predictions.
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any, Callable, Optional
 
@@ -25,10 +26,14 @@ from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
 from .seam import Answer, Headers, Request
 from .service import ModelService
+from .streaming import UNBUFFERED, Streamed
 
 
 def respond(answer: Answer) -> Response:
     """The HTTP response of an Answer, and only of it."""
+    if isinstance(answer.body, Streamed):  # chunked, and nginx passes it on unbuffered
+        return Response(answer.body, status=answer.status, content_type=answer.content_type,
+                        headers=[*answer.headers, UNBUFFERED])
     return Response(answer.body, status=answer.status, content_type=answer.content_type,
                     headers=list(answer.headers) if answer.headers else None)
 
@@ -68,11 +73,13 @@ def _read_body() -> bytes:
     return request.get_data(cache=False)
 
 
-def _view(entry: Callable[[Request], Answer]) -> Callable[..., Response]:
-    """A route's view: the Request to the entry, the Answer to the client."""
+def _view(entry: Callable[[Request], Answer], stream_timeout: float) -> Callable[..., Response]:
+    """A route's view: the Request to the entry, the Answer to the client (streamed when its
+    body is an iterator: streaming.py)."""
 
     def view(**params: str) -> Response:
         environ = request.environ
+        began = time.perf_counter()
         try:
             answer = entry(Request(environ, _read_body, params))
         except HTTPException:
@@ -83,6 +90,8 @@ def _view(entry: Callable[[Request], Answer]) -> Callable[..., Response]:
             return _error_response(error)
         if answer.phases:
             record_phases(environ, answer.phases)
+        if not isinstance(answer.body, (bytes, bytearray)):
+            answer.body = Streamed(answer.body, environ, began, stream_timeout, f"{request.method} {request.path}")
         return respond(answer)
 
     return view
@@ -99,8 +108,14 @@ def create_app(service: ModelService, table: Optional[Any] = None) -> Flask:
         if entry is None:
             raise TypeError(f"route {route.path} names the entry {route.entry}, which "
                             f"{type(service).__name__} does not have")
-        app.add_url_rule(route.path, endpoint=route.path, view_func=_view(entry), methods=route.methods,
+        view = _view(entry, service.config.stream_timeout)
+        app.add_url_rule(route.path, endpoint=route.path, view_func=view, methods=route.methods,
                          provide_automatic_options=False)
+        if route.body == routes.UPGRADED:
+            # Werkzeug answers a request with `Upgrade: websocket` 400 unless a websocket rule
+            # matches it: the same view for both (a stream the worker did not take, websocket.py).
+            app.add_url_rule(route.path, endpoint=route.path + " websocket", view_func=view, methods=route.methods,
+                             provide_automatic_options=False, websocket=True)
     not_found = routes.no_such_route(table)
 
     @app.errorhandler(HTTPException)

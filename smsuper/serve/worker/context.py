@@ -7,7 +7,8 @@ when the response sets it. The two methods of the inference toolkit's
 context (get_request_header(idx, name), set_response_header(idx, name,
 value)) are there too, so handlers written for it keep working, and so is its
 system_properties dict: model_dir, and gpu_id, this worker's GPU (gpus.py),
-None on a host without GPUs.
+None on a host without GPUs. `session` is the request's stateful session
+(sessions.py: a store of JSON values by key, shared by every worker), or None.
 
 It is the handlers' API and nothing more: the inference code makes one per
 call with what it knows (the negotiated types, the model directory) and reads
@@ -25,7 +26,8 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 class Context:
     def __init__(self, headers: Optional[Mapping[str, str]] = None, model_dir: str = "",
-                 content_type: str = "", accept: str = "", environ: Optional[Mapping[str, Any]] = None):
+                 content_type: str = "", accept: str = "", environ: Optional[Mapping[str, Any]] = None,
+                 session: Any = None):
         # Header names are case-insensitive: keep them under their lower-case name.
         self._headers: Dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
         # A WSGI environ is read lazily: most requests never look at a header.
@@ -34,6 +36,8 @@ class Context:
         self.content_type = content_type  # without parameters, lower-case
         self.accept = accept  # the type chosen for the response
         self.response_headers: Dict[str, str] = {}
+        # The request's stateful session (sessions.Session), None without one.
+        self.session = session
 
     # ---- request ---------------------------------------------------------------
     @property
@@ -54,6 +58,17 @@ class Context:
             if value is not None:
                 return value
         return self._headers.get(name.lower(), default)
+
+    @property
+    def path(self) -> str:
+        """The request's path, without its query."""
+        return (self._environ or {}).get("PATH_INFO", "")
+
+    @property
+    def query_string(self) -> str:
+        """The query as the client sent it (after `?`, still percent-encoded; `` without one):
+        `urllib.parse.parse_qs(context.query_string)` parses it."""
+        return (self._environ or {}).get("QUERY_STRING", "")
 
     @property
     def custom_attributes(self) -> Optional[str]:

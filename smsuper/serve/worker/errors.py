@@ -53,3 +53,16 @@ def status_of(error: BaseException) -> Optional[int]:
     if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
         return status
     return None
+
+
+class CloseStream(Exception):
+    """Raised by a stream_fn to end its bidirectional stream with this WebSocket close code
+    (1000 normal, 4000-4999 the application's own; RFC 6455 7.4) and reason (at most 123
+    bytes of UTF-8, longer is cut). Returning from stream_fn closes with 1000."""
+
+    def __init__(self, code: int = 1000, reason: str = ""):
+        if not (code in (1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999):
+            raise ValueError(f"CloseStream({code}): a close code is 1000-1011 (not 1004-1006) or 3000-4999")
+        super().__init__(f"close {code}: {reason}")
+        self.code = code
+        self.reason = reason

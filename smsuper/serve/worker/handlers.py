@@ -11,6 +11,10 @@ then /opt/ml/code. It may define:
   output_fn(prediction, accept)                      -> body      (default: codecs.encode)
   transform_fn(model, body, content_type, accept)    -> body      (instead of the three above)
   execution_parameters_fn()                          -> dict      (answers /execution-parameters)
+  stream_fn(model, messages)                         -> iterable of str or bytes
+        (a bidirectional stream: `messages` yields each WebSocket message the
+        client sends, str for text and bytes for binary; each item the
+        function yields goes back as one message of its kind: websocket.py)
 
 Each may take one more trailing parameter, `context` (see context.py).
 `body` is what the official toolkits pass: a str (decoded UTF-8) for
@@ -18,6 +22,8 @@ application/json and text/csv, the raw bytes for every other type.
 output_fn and transform_fn may return bytes or str (sent as the negotiated
 type), a (body, content_type) pair, a Flask/werkzeug Response, or any other
 value, which the default encoder then writes in the negotiated type.
+An iterator or generator (from predict_fn with the default output_fn, or from
+output_fn or transform_fn) is streamed, item by item (streaming.py).
 
 Handlers.invoke is the inference side of the seam (seam.py): a Request in, an
 Answer out, with the headers the user set on `context` and the phases' times.
@@ -31,13 +37,16 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..program import HandlerError
 from . import codecs, negotiation
 from .context import Context
 from .errors import NotAcceptable, ServeError, status_of
 from .seam import Answer, Phases, Request
+from .streaming import SSE, Stream, framed, is_stream
+
+Message = Union[str, bytes]  # one WebSocket message: text or binary
 
 
 def import_file(path: str) -> ModuleType:
@@ -123,6 +132,7 @@ class Handlers:
         self.output_fn = find("output_fn", 2)
         self.transform_fn = find("transform_fn", 4)
         self.execution_parameters_fn = find("execution_parameters_fn", 0)
+        self.stream_fn = find("stream_fn", 2)
         self._chosen: Dict[Optional[str], Optional[str]] = {}
         # The user decodes the body itself, or the default input_fn must know its type.
         self.user_decodes = self.transform_fn is not None or self.input_fn is not None
@@ -132,13 +142,21 @@ class Handlers:
     def load_model(self, model_dir: str) -> Any:
         return call(self.model_fn, Context(model_dir=model_dir), model_dir)
 
+    def stream(self, model: Any, messages: Iterator[Message], context: Context) -> Iterator[Message]:
+        """The outgoing messages of one bidirectional stream. The user's errors surface while
+        the result is iterated (stream_fn is usually a generator): the caller reports them."""
+        assert self.stream_fn is not None
+        result = self.stream_fn(context, model, messages)
+        return iter(()) if result is None else iter(result)
+
     # ---- one request ---------------------------------------------------------------
     def _response_type(self, accept_header: Optional[str]) -> str:
         # Clients send the same few Accept headers over and over: remember the answers.
         chosen = self._chosen.get(accept_header, "")
         if chosen == "":
             user_encodes = self.transform_fn is not None or self.output_fn is not None
-            supported = None if user_encodes else list(codecs.ENCODERS)
+            # text/event-stream: the default output_fn frames a streamed prediction's items as events.
+            supported = None if user_encodes else [*codecs.ENCODERS, SSE]
             chosen = negotiation.choose(accept_header, self.default_accept, supported)
             if len(self._chosen) < 256:
                 self._chosen[accept_header] = chosen
@@ -160,15 +178,15 @@ class Handlers:
         raise ServeError("the handler module defines no predict_fn and the model has no predict() "
                          "and is not callable")
 
-    def invoke(self, model: Any, request: Request) -> Answer:
-        """Run one prediction."""
+    def invoke(self, model: Any, request: Request, session: Any = None) -> Answer:
+        """Run one prediction; `session`: the request's stateful session (sessions.py), if any."""
         body = request.body
         content_type = negotiation.media_type(request.content_type) or codecs.JSON
         accept = self._response_type(request.accept)
         # The one check of the content type (415), before any user code runs.
         decode = None if self.user_decodes else codecs.decoder(content_type)
         context = Context(environ=request.environ, model_dir=self.model_dir, content_type=content_type,
-                          accept=accept)
+                          accept=accept, session=session)
         clock = time.perf_counter
         began = clock()
         if self.transform_fn is not None:
@@ -183,7 +201,9 @@ class Handlers:
         prediction = self._predict(context, data, model)
         predicted = clock()
         if self.output_fn is None:
-            result: Any = codecs.encode(prediction, accept, self.json_allow_nan)
+            # A generator is streamed as it is, not encoded whole.
+            result: Any = framed(prediction, accept) if is_stream(prediction) else codecs.encode(
+                prediction, accept, self.json_allow_nan)
         else:
             result = call(self.output_fn, context, prediction, accept)
         return self._answer(result, accept, context, (("input", decoded - began), ("predict", predicted - decoded),
@@ -192,6 +212,9 @@ class Handlers:
     def _answer(self, result: Any, accept: str, context: Context, phases: Phases) -> Answer:
         if isinstance(result, bytes):
             return _answer(result, accept, context, phases)
+        if is_stream(result):
+            stream = result if isinstance(result, Stream) else Stream(result)
+            return _answer(stream, stream.content_type or accept, context, phases)
         if hasattr(result, "get_data") and hasattr(result, "status_code"):
             # A Response made by the user: its status, type and headers.
             headers = [(name, value) for name, value in result.headers.items()
@@ -200,6 +223,8 @@ class Handlers:
             return _answer(body, result.headers.get("Content-Type"), context, phases, result.status_code, headers)
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             body, content_type = result
+            if is_stream(body):
+                return _answer(body if isinstance(body, Stream) else Stream(body), content_type, context, phases)
             return _answer(self._to_bytes(body, content_type), content_type, context, phases)
         return _answer(self._to_bytes(result, accept), accept, context, phases)
 

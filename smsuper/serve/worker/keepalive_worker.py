@@ -24,6 +24,11 @@ stop) hands its connections over the same way and exits.
 The worker never closes an idle connection nginx may use: a POST that meets a
 closing connection is a 502 (nginx does not resend a POST). nginx closes idle
 connections itself, after its upstream keepalive_timeout.
+
+A request that opens a bidirectional stream (a WebSocket upgrade, worker/websocket.py)
+is not served here: its connection goes to the worker's StreamServer, whose threads
+serve it while this loop goes on with requests. SIGWINCH (from the master's SIGTERM)
+asks the streams to finish; the worker's exit waits for them.
 """
 
 from __future__ import annotations
@@ -121,6 +126,10 @@ class HandOver:
 
 class KeepAliveWorker(SyncWorker):
     hand_over: Optional[HandOver] = None
+    # This worker's bidirectional streams (a websocket.StreamServer, set by the master's
+    # post_worker_init hook when the handler module has a stream_fn), and whether to stop them.
+    streams: Any = None
+    stop_streams = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,6 +157,8 @@ class KeepAliveWorker(SyncWorker):
         assert hand_over is not None
         while self.alive:
             self.notify()
+            if self.stop_streams and self.streams is not None:
+                self.streams.request_stop()
             with self.kept_lock:
                 watched: List[Any] = list(self.kept)
             watched.extend(self.sockets)
@@ -189,10 +200,16 @@ class KeepAliveWorker(SyncWorker):
                 break
         # Retiring: the others take what this worker keeps (at a stop, nginx has closed it all).
         self._hand_over_kept()
+        if self.streams is not None:
+            self.streams.stop_and_wait(self.notify)
         with self.kept_lock:
             for sock in self.kept:
                 util.close(sock)
             self.kept.clear()
+
+    def handle_winch(self, sig: int, frame: Any) -> None:
+        # A signal handler only records (the loop, woken by gunicorn's wakeup pipe, acts).
+        self.stop_streams = True
 
     def _watch(self) -> None:
         """The watchdog: asleep unless a request runs; hands connections over if it runs long."""
@@ -252,6 +269,10 @@ class KeepAliveWorker(SyncWorker):
             self.request_began.set()
         try:
             req = next(state.parser)
+            if self.streams is not None and self.streams.claims(req):
+                # The connection is the stream's from here on: neither kept nor closed by this loop.
+                self.streams.take(client, req, state.parser.unreader.buf.getvalue())
+                return
             keep = self._handle_request(state.listener, req, client, state.addr)
         except (http.errors.NoMoreData, StopIteration):
             pass  # nginx closed it (idle, or it is quitting)

@@ -14,8 +14,9 @@ table's rows give, serve/routes.py) are the inference side of the seam
 from __future__ import annotations
 
 import json
+import os
 import traceback
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ... import log
 from .. import readiness
@@ -25,8 +26,9 @@ from ..runtime import RuntimeDir
 from . import codecs
 from .context import Context
 from .errors import ModelLoadFailed, ModelNotReady
-from .handlers import Handlers, UserCodeError, call, import_file
+from .handlers import Handlers, Message, UserCodeError, call, import_file
 from .seam import JSON, Answer, Request
+from .sessions import SessionStore, serve as serve_in_session
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
@@ -61,6 +63,17 @@ class ModelService(LoadState):
         super().__init__(config, runtime)
         self.handlers: Optional[Handlers] = None
         self.model: Any = None
+        self.sessions: Optional[SessionStore] = None
+
+    def _open_sessions(self) -> None:
+        """SAGEMAKER_ENABLE_STATEFUL_SESSIONS: the store in the servers' runtime directory."""
+        if not self.config.sessions:
+            return
+        import tempfile
+
+        place = self.runtime.shared if self.runtime is not None else tempfile.gettempdir()
+        self.sessions = SessionStore(os.path.join(place, "sessions"), self.config.sessions_expiration)
+        self.sessions.start_sweeping()
 
     def load(self) -> None:
         self._status(LOADING, "the model is loading")
@@ -72,6 +85,8 @@ class ModelService(LoadState):
             step = "model_fn"
             codecs.numpy_module()  # import numpy now, not during the first request
             self.model = self.handlers.load_model(self.config.model_dir)
+            step = "opening the session store (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
+            self._open_sessions()
         except BaseException as error:  # SystemExit from a user module is a load failure too
             if isinstance(error, KeyboardInterrupt):
                 raise
@@ -107,8 +122,39 @@ class ModelService(LoadState):
             raise ModelNotReady("the model is still loading")
         if self.state == FAILED:
             raise ModelLoadFailed(self.failure)
+        handlers = self.handlers
+        assert handlers is not None
+        if self.sessions is None:
+            return handlers.invoke(self.model, request)
+        return serve_in_session(self.sessions, request, lambda session: handlers.invoke(self.model, request, session))
+
+    # ---- bidirectional streams (websocket.py serves them; these are the model's side) --------------
+    @property
+    def can_stream(self) -> bool:
+        return self.state == READY and self.handlers is not None and self.handlers.stream_fn is not None
+
+    def stream_messages(self, request: Request, messages: Iterator[Message]) -> Iterator[Message]:
+        """The outgoing messages of one stream; `request` is its upgrade request (path, query, headers)."""
         assert self.handlers is not None
-        return self.handlers.invoke(self.model, request)
+        context = Context(environ=request.environ, model_dir=self.config.model_dir)
+        return self.handlers.stream(self.model, messages, context)
+
+    def bidirectional_stream(self, request: Request) -> Answer:
+        """The stream route as plain HTTP: what a request gets that the worker did not take as a
+        WebSocket (websocket.StreamServer.claims)."""
+        if self.state == LOADING:
+            raise ModelNotReady("the model is still loading")
+        if self.state == FAILED:
+            raise ModelLoadFailed(self.failure)
+        assert self.handlers is not None
+        if self.handlers.stream_fn is None:
+            return Answer.error(501, f"{request.path} serves bidirectional streams, and the handler module "
+                                     f"defines no stream_fn(model, messages, context)")
+        if (request.environ.get("HTTP_UPGRADE") or "").lower() != "websocket":
+            return Answer.error(426, f"{request.path} is a WebSocket (RFC 6455): open it with "
+                                     f"Upgrade: websocket", [("Upgrade", "websocket")])
+        return Answer.error(501, "bidirectional streams are served by the sync workers behind nginx: not with "
+                                 "SMSUPER_WORKER_THREADS > 1, nor without nginx")
 
     def execution_parameters(self, request: Request) -> Answer:
         function = self.handlers.execution_parameters_fn if self.handlers else None

@@ -14,6 +14,10 @@ Which routes are the app's alone, and which smsuper answers when the app
 cannot (answers 404: /execution-parameters), the route table says (each
 row's `user_app`, serve/routes.py); smsuper's answer is this service's entry of
 the row's name, as for style A (seam.py).
+
+An answer of the app's without a Content-Length (a generator, Flask's
+stream_with_context) is a stream: nginx passes it on unbuffered and the
+worker keeps beating while its chunks flow (streaming.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..program import code_directories
 from ..runtime import RuntimeDir
 from .seam import JSON, Answer, Request, send
 from .service import FAILED, LOADING, READY, LoadState
+from .streaming import UNBUFFERED, Streamed
 
 PROBE_INTERVAL = 1.0
 
@@ -136,7 +141,26 @@ class UserAppService(LoadState):
         fallback = routes.find(path, self.fallbacks) if self.fallbacks else None
         if fallback is not None:
             return self._unless_not_found(fallback, environ, start_response)
-        return self.app(environ, start_response)
+        return self._streamed_unless_sized(environ, start_response)
+
+    def _streamed_unless_sized(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """The app's answer; one without a Content-Length goes out as a stream."""
+        began = time.perf_counter()
+        unsized = []
+
+        def start(status: str, headers: List[Tuple[str, str]], *exc_info: Any) -> Callable:
+            # 204, 304 and HEAD answers have no body to stream.
+            if not any(name.lower() == "content-length" for name, _ in headers) \
+                    and status[:3] not in ("204", "304") and environ.get("REQUEST_METHOD") != "HEAD":
+                headers = [*headers, UNBUFFERED]
+                unsized.append(True)
+            return start_response(status, headers, *exc_info)
+
+        body = self.app(environ, start)
+        if not unsized:  # sized, or an app that starts its response only when iterated
+            return body
+        where = f"{environ.get('REQUEST_METHOD', '')} {environ.get('PATH_INFO', '')}"
+        return Streamed(body, environ, began, self.config.stream_timeout, where)
 
     def _unless_not_found(self, route: routes.Route, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The app's answer, unless it is a 404: then the answer of smsuper's entry for the route."""
