@@ -51,6 +51,8 @@ RELIED_ON = (
     ("gunicorn.workers.base.Worker", "wsgi", None, "the loaded application"),
     ("gunicorn.workers.base.Worker", "handle_error", ("req", "client", "addr", "exc"),
      "answers 400/500 for what the parser or the app raised"),
+    ("gunicorn.workers.base.Worker", "handle_winch", ("sig", "fname"),
+     "overridden: the worker's SIGWINCH handler (installed by init_signals) asks open streams to stop"),
     ("gunicorn.workers.sync.SyncWorker", "run", (), "replaced whole by KeepAliveWorker.run"),
     ("gunicorn.workers.sync.SyncWorker", "is_parent_alive", (), "the keep-alive worker's loop exits with the master"),
     ("gunicorn.workers.sync.SyncWorker", "handle_request", ("listener", "req", "client", "addr"),
