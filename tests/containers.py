@@ -422,6 +422,12 @@ class StopResult:
         return "resorting to SIGKILL" in self.stderr or "StopSignal" in self.stderr
 
 
+def _session_label() -> List[str]:
+    """The test session's label (tests/conftest.py): the session's end finds what is left by it."""
+    session = os.environ.get("SMSUPER_TEST_SESSION")
+    return ["--label", f"SMSUPER_TEST_SESSION={session}"] if session else []
+
+
 def _env_flags(env: Optional[Mapping[str, str]]) -> List[str]:
     flags: List[str] = []
     for key, value in (env or {}).items():
@@ -434,7 +440,7 @@ def detached(image: str, args: Sequence[str], env: Optional[Mapping[str, str]] =
              extra: Sequence[str] = ()) -> Iterator[Container]:
     """`podman run -d IMAGE ARGS...`, removed (forcibly) when the block ends."""
     name = f"smsuper-test-{uuid.uuid4().hex[:12]}"
-    podman("run", "-d", "--name", name, *RUN_FLAGS, *_env_flags(env), *extra, image, *args)
+    podman("run", "-d", "--name", name, *_session_label(), *RUN_FLAGS, *_env_flags(env), *extra, image, *args)
     try:
         yield Container(name)
     finally:
@@ -446,7 +452,7 @@ def run(image: str, args: Sequence[str], env: Optional[Mapping[str, str]] = None
     """`podman run --rm IMAGE ARGS...` in the foreground; returns its exit code and output."""
     name = f"smsuper-test-{uuid.uuid4().hex[:12]}"
     try:
-        return podman("run", "--rm", "--name", name, *RUN_FLAGS, *_env_flags(env), *extra,
+        return podman("run", "--rm", "--name", name, *_session_label(), *RUN_FLAGS, *_env_flags(env), *extra,
                       image, *args, timeout=timeout, check=False)
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)

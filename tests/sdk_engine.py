@@ -38,10 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-try:
-    from . import containers
-except ImportError:
-    import containers  # type: ignore[no-redef]
+import containers
 
 NETNS_PREFIX = "smsuper-sdk-"
 WORK_PREFIX = "smsuper-sdk-"

@@ -23,7 +23,9 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from test_serve import WAIT_LIMIT, eventually, serve  # noqa: F401 (fixture)
+from helpers import WAIT_LIMIT, eventually, host_pid, serving_with_metrics, wait_counted
+
+pytestmark = [pytest.mark.slow]  # serving stacks
 
 PATH = "/invocations-bidirectional-stream"
 
@@ -298,7 +300,6 @@ def test_gthread_workers_refuse_a_stream_saying_why(serve):
 
 
 def test_a_worker_killed_with_a_stream_open_drops_only_its_streams(streaming):
-    from test_serve import host_pid
 
     with open_stream(streaming) as doomed:
         doomed.send("pid")
@@ -332,8 +333,6 @@ def test_a_reload_closes_the_old_workers_streams_with_1001_and_new_ones_open(str
 
 
 def test_pid1_counts_each_stream_under_its_route_once_it_ended(serve):
-    from test_http_errors import wait_counted
-    from test_metrics import serving_with_metrics
 
     server, metrics_port = serving_with_metrics(serve, code=STREAMING_MODEL)
     for _ in range(2):

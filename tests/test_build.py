@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]  # builds the pyz again and again, on every Python
+
 ROOT = Path(__file__).resolve().parent.parent
 PYENV = Path("/root/.pyenv/versions")
 SUPPORTED = [(3, minor) for minor in range(9, 15)]

@@ -14,22 +14,17 @@ instead of eating the machine.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import struct
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Optional
 
 import pytest
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from test_serve import WAIT_LIMIT, Server, eventually, free_port, layout  # noqa: E402
+from helpers import error_of, eventually, free_port, post, start_stack  # noqa: E402
 
 from smsuper.serve.worker import codecs, npy  # noqa: E402
 from smsuper.serve.errors import BadRequest  # noqa: E402
@@ -39,84 +34,7 @@ try:
 except ImportError:
     numpy = None
 
-PYENV = Path("/root/.pyenv/versions")
 ADDRESS_SPACE_LIMIT = 3 << 30  # bytes: far above what a worker needs, far below the machine
-
-
-def _python_without_numpy() -> Optional[str]:
-    """A CPython >= 3.9 on this machine that cannot import numpy: the image without numpy."""
-    candidates = sorted(PYENV.glob("3.*/bin/python")) if PYENV.is_dir() else []
-    for python in candidates:
-        version = python.parent.parent.name.split(".")
-        if (int(version[0]), int(version[1])) < (3, 9):
-            continue
-        probe = subprocess.run([str(python), "-c", "import numpy"], capture_output=True)
-        if probe.returncode != 0:
-            return str(python)
-    return None
-
-
-PYTHON_WITHOUT_NUMPY = _python_without_numpy()
-
-
-def interpreter(mode: str) -> str:
-    if mode == "numpy":
-        if numpy is None:
-            pytest.skip("the test interpreter has no numpy (pip install numpy)")
-        return sys.executable
-    if PYTHON_WITHOUT_NUMPY is None:
-        pytest.skip("no CPython >= 3.9 without numpy on this machine")
-    return PYTHON_WITHOUT_NUMPY
-
-
-class StackServer(Server):
-    """test_serve's Server, on a chosen interpreter and optionally under an address-space limit."""
-
-    def __init__(self, pyz: Path, env: dict, base: Path, python: str, address_space: Optional[int] = None):
-        self.base = base
-        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
-        self.stdout_path = base.parent / "stdout.txt"
-        self.stderr_path = base.parent / "stderr.txt"
-
-        def limit() -> None:
-            if address_space:
-                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", python, str(pyz), "serve"],
-                env=env, cwd=str(base), stdin=subprocess.DEVNULL, stdout=out, stderr=err, preexec_fn=limit)
-
-
-def stack_env(base: Path, runtime: Path, drop: tuple = (), **extra: str) -> dict:
-    """What conftest's base_env gives, for servers shared by a whole module; `drop` removes variables."""
-    env = dict(os.environ)
-    for name in ("PYTHONPATH", "SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMSUPER_APP",
-                 "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        env.pop(name, None)
-    env.update({
-        "SMSUPER_ALLOW_PRIVILEGED": "1", "SMSUPER_USER": "root", "SMSUPER_METRICS_PORT": "0",
-        "SMSUPER_CACHE_DIR": str(ROOT / ".cache" / "pyz"),
-        "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-        "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_RUNTIME_DIR": str(runtime),
-    })
-    env.update(extra)
-    for name in drop:
-        env.pop(name, None)
-    return env
-
-
-def start_stack(pyz: Path, directory: Path, code: str, mode: str, address_space: Optional[int] = None,
-                drop: tuple = (), **extra: str) -> StackServer:
-    base = layout(directory / "ml", code)
-    env = stack_env(base, directory / "run", drop, **extra)
-    server = StackServer(pyz, env, base, interpreter(mode), address_space)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.close()
-        raise
-    return server
 
 
 # The default input_fn and output_fn, around a model that echoes its input, or emits
@@ -155,20 +73,6 @@ def server(request, pyz, tmp_path_factory):
     stack.close()
 
 
-def post(server: Server, body, content_type: str, accept: str = "application/json") -> requests.Response:
-    response = requests.post(server.url("/invocations"), data=body, timeout=WAIT_LIMIT,
-                             headers={"Content-Type": content_type, "Accept": accept})
-    # Every status this server gave, for the metrics check (the servers serve a whole module).
-    answered = server.__dict__.setdefault("answered", {})
-    answered[response.status_code] = answered.get(response.status_code, 0) + 1
-    return response
-
-
-def error_of(response: requests.Response) -> str:
-    assert response.headers["Content-Type"].startswith("application/json"), response.text[:300]
-    return response.json()["error"]
-
-
 def npy_with_header(shape: tuple, descr: str = "<f8", total: int = 128) -> bytes:
     """A version 1.0 NPY whose header claims `shape`, padded with zero bytes to `total` bytes."""
     header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
@@ -177,6 +81,7 @@ def npy_with_header(shape: tuple, descr: str = "<f8", total: int = 128) -> bytes
     return head + b"\0" * max(0, total - len(head))
 
 
+@pytest.mark.slow
 def test_the_matrix_really_runs_with_and_without_numpy(server):
     # Each case below runs twice; make sure the two runs really differ.
     response = post(server, json.dumps({"emit": "numpy?"}), "application/json")
@@ -186,6 +91,7 @@ def test_the_matrix_really_runs_with_and_without_numpy(server):
 
 # ---- JSON nested too deeply -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_deeply_nested_json_is_400_not_a_traceback(server):
     depth = 100_000  # deeper than any CPython's recursion limit lets json parse
     response = post(server, "[" * depth + "]" * depth, "application/json")
@@ -194,6 +100,7 @@ def test_deeply_nested_json_is_400_not_a_traceback(server):
     assert "RecursionError" not in server.stderr()
 
 
+@pytest.mark.slow
 def test_nesting_the_parser_can_take_still_works(server):
     response = post(server, "[" * 50 + "1" + "]" * 50, "application/json")
     assert response.status_code == 200
@@ -202,6 +109,7 @@ def test_nesting_the_parser_can_take_still_works(server):
 
 # ---- NPY headers that lie about their size --------------------------------------------------
 
+@pytest.mark.slow
 def test_npy_claiming_an_impossible_shape_is_a_fast_400(server):
     body = npy_with_header((10 ** 6, 10 ** 6))  # 8 TB of float64 claimed by 128 bytes
     response = post(server, body, "application/x-npy")
@@ -211,6 +119,7 @@ def test_npy_claiming_an_impossible_shape_is_a_fast_400(server):
     assert "MemoryError" not in server.stderr()
 
 
+@pytest.mark.slow
 def test_npy_with_a_huge_empty_shape_is_a_fast_400(server):
     # No data at all, but a reader that believed it would build 10**9 empty rows.
     body = npy_with_header((10 ** 9, 0))
@@ -220,6 +129,7 @@ def test_npy_with_a_huge_empty_shape_is_a_fast_400(server):
     assert "(1000000000, 0)" in error_of(response)
 
 
+@pytest.mark.slow
 def test_honest_npy_still_round_trips(server):
     body = npy.write([[1.5, 2.5], [3.5, 4.5]])
     response = post(server, body, "application/x-npy", accept="application/x-npy")
@@ -231,6 +141,7 @@ def test_honest_npy_still_round_trips(server):
 
 # ---- NaN and Infinity -----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_nonstandard_json_constants_are_refused_naming_the_value(server, token):
     response = post(server, f"[1.0, {token}]", "application/json")
@@ -245,6 +156,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_nonfinite_predictions_are_written_as_null(server):
     response = post(server, json.dumps({"emit": "nonfinite"}), "application/json")
     assert response.status_code == 200, response.text[:300]
@@ -257,8 +169,9 @@ def test_nonfinite_predictions_are_written_as_null(server):
 
 # ---- what the metrics and the log say ------------------------------------------------------
 
+@pytest.mark.slow
 def test_bad_requests_are_counted_as_400_and_logged_in_one_line(server):
-    from test_metrics import parse, scrape, value
+    from helpers import parse, scrape, value
 
     def bad_requests() -> float:
         return value(parse(scrape(server.metrics_port)), "smsuper_http_requests_total",
@@ -278,7 +191,7 @@ def test_bad_requests_are_counted_as_400_and_logged_in_one_line(server):
 # ---- the opt-in: Python's JSON dialect, both ways --------------------------------------------
 
 def test_allow_nan_setting_reads_and_writes_pythons_spelling(tmp_path):
-    from test_serve_app import client_for
+    from helpers import client_for
 
     code = textwrap.dedent(ECHO_MODEL)
     body = "[1.0, NaN, -Infinity]"
@@ -295,14 +208,6 @@ def test_allow_nan_setting_reads_and_writes_pythons_spelling(tmp_path):
 
 
 # ---- the codecs directly --------------------------------------------------------------------
-
-@pytest.fixture(params=["numpy", "plain"])
-def numpy_mode(request, monkeypatch):
-    if request.param == "numpy" and numpy is None:
-        pytest.skip("numpy is not installed")
-    monkeypatch.setattr(codecs, "_numpy", numpy if request.param == "numpy" else False)
-    return request.param
-
 
 @pytest.mark.parametrize("shape, descr", [
     ((10 ** 6, 10 ** 6), "<f8"),  # more elements than the data holds

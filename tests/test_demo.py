@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from . import containers
-except ImportError:
-    import containers
+import containers
+
+pytestmark = [pytest.mark.slow]  # the demos, in a venv and in containers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,14 +26,12 @@ from typing import List, Optional
 import pytest
 import requests
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from .test_serve import WAIT_LIMIT, Server, children_of, eventually, free_port, title_of
-except ImportError:
-    from test_serve import WAIT_LIMIT, Server, children_of, eventually, free_port, title_of
+from helpers import WAIT_LIMIT, Server, children_of, eventually, free_port, title_of
 
-pytestmark = pytest.mark.skipif(not all(os.path.exists(path) for path in ("/usr/sbin/nginx", "/usr/bin/setpriv",
+pytestmark = [pytest.mark.slow,  # serving stacks as nobody, mounts
+              pytest.mark.skipif(not all(os.path.exists(path) for path in ("/usr/sbin/nginx", "/usr/bin/setpriv",
                                                                           "/usr/bin/python3")),
-                                reason="needs nginx, setpriv and Debian's python3 (scripts/install-test-deps.sh)")
+                                reason="needs nginx, setpriv and Debian's python3 (scripts/install-test-deps.sh)")]
 
 NOBODY = 65534
 # The interpreter PID 1 runs on, and so its servers: nobody must reach it (pyenv's are under root's 0700 home).
@@ -94,19 +92,10 @@ def assert_untouched_directory(path: Path) -> None:
     assert (path / "keep.txt").read_text() == "keep me\n"
 
 
-class NamespaceServer(Server):
-    """Server on PYTHON, with shell commands run in the new namespaces before exec'ing PID 1 (a tmpfs mount)."""
-
-    def __init__(self, pyz: Path, env: dict, base: Path, prelude: str = "true", cwd: Optional[Path] = None):
-        self.base = base
-        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
-        self.stdout_path = base.parent / "stdout.txt"
-        self.stderr_path = base.parent / "stderr.txt"
-        command = f"{prelude} && exec {PYTHON} {shlex.quote(str(pyz))} serve"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", command],
-                env=env, cwd=str(cwd or base), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+def namespace_server(pyz: Path, env: dict, base: Path, prelude: str = "true", cwd: Optional[Path] = None) -> Server:
+    """A Server on PYTHON, with shell commands run in the new namespaces before exec'ing PID 1 (a tmpfs mount)."""
+    command = f"{prelude} && exec {PYTHON} {shlex.quote(str(pyz))} serve"
+    return Server(pyz, env, base, cwd, command=["sh", "-c", command])
 
 
 @pytest.fixture()
@@ -130,7 +119,7 @@ def nobody_serve(pyz, base_env, tmp_path):
                     "SMSUPER_RUNTIME_DIR": str(tmp_path / "run"), "SMSUPER_GRACE_PERIOD": "20"})
         env.update(extra)
         env = {key: value for key, value in env.items() if value is not None}
-        server = NamespaceServer(pyz, env, base, prelude, cwd)
+        server = namespace_server(pyz, env, base, prelude, cwd)
         servers.append(server)
         return server
 

@@ -24,11 +24,8 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import requests
 
-from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import WAIT_LIMIT, eventually, host_pid, in_flight, background, serve  # noqa: F401 (fixture)
-from test_train import environment as train_environment
-from test_train import layout as train_layout
-from test_train import train_command
+from helpers import (WAIT_LIMIT, background, client_for, eventually, host_pid, in_flight, serving_with_metrics,
+                     train_command, train_environment, train_layout, wait_counted)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -76,31 +73,6 @@ def request(method: str, path: str, *headers: str, body: bytes = b"", version: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def counted(port: int) -> Dict[Tuple[str, str], float]:
-    """smsuper_http_requests_total by (route, code), from one scrape."""
-    found = {}
-    for (name, labels), number in parse(scrape(port)).items():
-        if name == "smsuper_http_requests_total":
-            found[(dict(labels)["route"], dict(labels)["code"])] = number
-    return found
-
-
-def wait_counted(port: int, expected: Dict[Tuple[str, str], int]) -> Dict[Tuple[str, str], float]:
-    """The counts once every (route, code) of `expected` shows its number (the access log is
-    flushed at most a second late); then none may have more than expected."""
-    box: List[Dict[Tuple[str, str], float]] = []
-
-    def arrived() -> bool:
-        box[:] = [counted(port)]
-        return all(box[0].get(key, 0) >= number for key, number in expected.items())
-
-    try:
-        eventually(arrived, f"the counts {expected}")
-    except AssertionError:
-        raise AssertionError(f"expected at least {expected}, scraped {box[0] if box else None}") from None
-    return box[0]
-
-
 # ---- every error nginx makes itself is JSON, and counted with its route ------------------------------
 
 PAYLOAD_MB = 1
@@ -133,6 +105,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_error_nginx_makes_is_short_json_and_counted_by_route_and_code(serve):
     server, metrics_port = serving_with_metrics(serve, SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB))
     expected: Dict[Tuple[str, str], int] = collections.Counter()
@@ -185,6 +158,7 @@ def test_every_error_nginx_makes_is_short_json_and_counted_by_route_and_code(ser
     assert '"GET /ping HTTP/1.1" 200' not in logged
 
 
+@pytest.mark.slow
 def test_a_model_slower_than_the_timeout_gets_504_counted(serve):
     server, metrics_port = serving_with_metrics(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
     slow = server.post({"sleep": 30})
@@ -196,6 +170,7 @@ def test_a_model_slower_than_the_timeout_gets_504_counted(serve):
     assert server.terminate() == 0
 
 
+@pytest.mark.slow
 def test_without_nginx_the_workers_count_and_refuse_wrong_methods_in_json(serve):
     server, metrics_port = serving_with_metrics(serve, SMSUPER_NGINX="/nonexistent/nginx")
     assert server.post([1]).status_code == 200
@@ -241,7 +216,6 @@ def test_an_object_valued_hyperparameter_keeps_its_password_out_of_the_debug_log
 
 def test_the_app_refuses_a_wrong_method_with_allow_and_json(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from test_serve_app import client_for  # the source tree's app, in-process
 
     client = client_for(tmp_path)
     for method, path, allow in [("OPTIONS", "/invocations", "POST"), ("OPTIONS", "/ping", "GET, HEAD"),

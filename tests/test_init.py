@@ -11,26 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import in_namespace, init_pid, kill_tree, readline_until
+
 FORWARDED = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
 
 
 def start(pyz: Path, env: dict, *command: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(pyz), *command], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def wait_for_line(stream, text: str, limit: float = 20.0) -> str:
-    """Read lines until one contains `text` (the child is ready)."""
-    deadline = time.monotonic() + limit
-    seen = []
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"never saw {text!r}; got {seen!r}")
 
 
 # A child that reports every signal it receives, then exits with 100+N on SIGUSR2 or
@@ -55,17 +43,16 @@ def test_every_catchable_signal_reaches_the_child(pyz, base_env, tmp_path):
     script.write_text(REPORTER)
     proc = start(pyz, base_env, sys.executable, str(script))
     try:
-        wait_for_line(proc.stdout, "ready")
+        readline_until(proc.stdout, "ready")
         for signum in FORWARDED:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 continue  # those stop the job; checked below
             proc.send_signal(signum)
-            assert wait_for_line(proc.stdout, f"got {signum}").strip() == f"got {signum}"
+            assert readline_until(proc.stdout, f"got {signum}").strip() == f"got {signum}"
         proc.send_signal(signal.SIGTERM)
-        assert wait_for_line(proc.stdout, f"got {int(signal.SIGTERM)}")
+        assert readline_until(proc.stdout, f"got {int(signal.SIGTERM)}")
     finally:
-        proc.kill()
-        proc.wait()
+        kill_tree(proc)
 
 
 def test_sigint_reaches_the_child(pyz, base_env, tmp_path):
@@ -73,12 +60,11 @@ def test_sigint_reaches_the_child(pyz, base_env, tmp_path):
     script.write_text(REPORTER)
     proc = start(pyz, base_env, sys.executable, str(script))
     try:
-        wait_for_line(proc.stdout, "ready")
+        readline_until(proc.stdout, "ready")
         proc.send_signal(signal.SIGINT)
-        assert wait_for_line(proc.stdout, f"got {int(signal.SIGINT)}")
+        assert readline_until(proc.stdout, f"got {int(signal.SIGINT)}")
     finally:
-        proc.kill()
-        proc.wait()
+        kill_tree(proc)
 
 
 def test_child_starts_with_empty_mask_and_default_dispositions(pyz, base_env):
@@ -96,12 +82,16 @@ def test_child_runs_in_its_own_process_group(pyz, base_env):
     assert out[0] == out[1]
 
 
+# Through the pyz, the 11 codes here and all 256 below are the slow tier's; the fast tier checks
+# the loop's exit codes in-process (tests/test_supervisor.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [0, 1, 2, 3, 42, 126, 127, 128, 200, 254, 255])
 def test_exit_codes_pass_through(pyz, base_env, code):
     result = subprocess.run([sys.executable, str(pyz), "sh", "-c", f"exit {code}"], env=base_env)
     assert result.returncode == code
 
 
+@pytest.mark.slow
 def test_every_exit_code_passes_through(pyz, base_env):
     # One smsuper per code would take long; a loop of sh children under one shell
     # checks the init's exit path for all 256 values through the pyz anyway.
@@ -110,6 +100,7 @@ def test_every_exit_code_passes_through(pyz, base_env):
     assert "BAD" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM, signal.SIGUSR1])
 def test_death_by_signal_is_128_plus_n(pyz, base_env, signum):
     result = subprocess.run([sys.executable, str(pyz), "sh", "-c", f"kill -{int(signum)} $$"], env=base_env)
@@ -153,6 +144,7 @@ def test_leftover_descendants_are_stopped_before_exit(pyz, base_env, tmp_path):
     assert not Path(f"/proc/{leftover}").exists()
 
 
+@pytest.mark.slow
 def test_idle_init_does_not_poll(pyz, base_env):
     # Idle, PID 1 sleeps in the kernel: its CPU time barely moves over a second
     # and it is not woken up repeatedly (voluntary context switches stay put).
@@ -195,24 +187,11 @@ def test_bad_setting_names_the_variable(pyz, base_env):
 # ---- as PID 1 of a real PID namespace ------------------------------------------------
 
 def unshare(pyz: Path, env: dict, *command: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(pyz), *command],
+    return subprocess.Popen(in_namespace(sys.executable, str(pyz), *command),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def init_pid_of(unshare_pid: int, limit: float = 10.0) -> int:
-    """Host pid of the smsuper that unshare --fork started (PID 1 inside)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
-        except OSError:
-            children = []
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise AssertionError("unshare never forked")
-
-
+@pytest.mark.slow
 def test_pid1_reaps_orphans_and_leaves_no_zombie(pyz, base_env):
     # The child starts 100 background sleeps and exits at once: they become
     # orphans of PID 1, must be reaped as they die, and none may remain.
@@ -237,8 +216,8 @@ def test_pid1_handles_sigterm_from_outside(pyz, base_env):
     # PID 1 without a handler would ignore SIGTERM entirely.
     proc = unshare(pyz, base_env, "sh", "-c", "trap 'echo trapped; exit 9' TERM; echo ready; while :; do sleep 0.1; done")
     try:
-        assert wait_for_line(proc.stdout, "ready")
-        os.kill(init_pid_of(proc.pid), signal.SIGTERM)
+        assert readline_until(proc.stdout, "ready")
+        os.kill(init_pid(proc.pid), signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert "trapped" in out
         assert proc.returncode == 9
@@ -246,12 +225,13 @@ def test_pid1_handles_sigterm_from_outside(pyz, base_env):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_pid1_kills_a_child_that_ignores_sigterm_after_the_grace_period(pyz, base_env):
     env = dict(base_env, SMSUPER_GRACE_PERIOD="1")
     proc = unshare(pyz, env, "sh", "-c", "trap '' TERM; echo ready; sleep 300")
     try:
-        assert wait_for_line(proc.stdout, "ready")
-        os.kill(init_pid_of(proc.pid), signal.SIGTERM)
+        assert readline_until(proc.stdout, "ready")
+        os.kill(init_pid(proc.pid), signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGKILL
         assert "SIGKILL" in err
@@ -265,7 +245,7 @@ def test_subreaper_adopts_orphans_when_not_pid1(pyz, base_env, tmp_path):
     marker = tmp_path / "daemon.pid"
     proc = start(pyz, base_env, "sh", "-c", f"(sleep 300 & echo $! > {marker}); echo ready; sleep 300")
     try:
-        wait_for_line(proc.stdout, "ready")
+        readline_until(proc.stdout, "ready")
         deadline = time.monotonic() + 10
         while not marker.exists() or not marker.read_text().strip():
             assert time.monotonic() < deadline

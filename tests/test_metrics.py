@@ -14,57 +14,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import pytest
 import requests
 
-from test_serve import GATED_MODEL, background, eventually, free_port, in_flight, serve  # noqa: F401 (fixture)
-from test_train import environment as train_environment
-from test_train import layout as train_layout
-from test_train import train_command
-
-WAIT_LIMIT = 90
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-
-Labels = Tuple[Tuple[str, str], ...]
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-# ---- reading a scrape ---------------------------------------------------------------------------
-
-def parse(text: str) -> Dict[Tuple[str, Labels], float]:
-    """Every sample of a text exposition, keyed by name and sorted labels."""
-    found = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        labels = tuple(sorted(_LABEL.findall(match.group(2) or "")))
-        found[(match.group(1), labels)] = float(match.group(3))
-    return found
-
-
-def value(samples: Dict[Tuple[str, Labels], float], metric: str, /, **labels: str) -> Optional[float]:
-    return samples.get((metric, tuple(sorted(labels.items()))))
-
-
-def scrape(port: int) -> str:
-    response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return response.text
+from helpers import (PROMTOOL, WAIT_LIMIT, Prometheus, background, eventually, free_port, in_flight, metrics_env,
+                     parse, scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
 
 
 def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
@@ -116,72 +78,10 @@ def promtool_complaints(text: str) -> str:
     return "" if checked.returncode == 0 and not checked.stdout.strip() else checked.stdout + checked.stderr
 
 
-def metrics_env(**extra: str) -> Dict[str, str]:
-    return {"SMSUPER_METRICS_PORT": str(free_port()), **extra}
-
-
-def serving_with_metrics(serve, **extra: str) -> Tuple[object, int]:
-    """A ready `smsuper serve` (test_serve's fixture) with its metrics endpoint, and that port."""
-    env = metrics_env(**extra)
-    server = serve(**env)
-    server.wait_ready()
-    return server, int(env["SMSUPER_METRICS_PORT"])
-
-
-# ---- a real Prometheus --------------------------------------------------------------------------
-
-class Prometheus:
-    """`prometheus` scraping one target every second, on loopback, with its data in tmp."""
-
-    def __init__(self, directory: Path, target_port: int):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = directory / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-            scrape_configs:
-              - job_name: smsuper
-                static_configs:
-                  - targets: ["127.0.0.1:{target_port}"]
-        """))
-        self.log = open(directory / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def api(self, path: str, **params: str) -> dict:
-        response = requests.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=10)
-        answer = response.json()
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def target(self) -> Optional[dict]:
-        try:
-            targets = self.api("targets")["activeTargets"]
-        except requests.RequestException:
-            return None
-        return targets[0] if targets else None
-
-    def query(self, expression: str) -> Optional[float]:
-        result = self.api("query", query=expression)["result"]
-        return float(result[0]["value"][1]) if result else None
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
+@pytest.mark.slow
 def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path):
     server, port = serving_with_metrics(serve)
-    prometheus = Prometheus(tmp_path / "prometheus", port)
+    prometheus = Prometheus(tmp_path / "prometheus", {"smsuper": [port]})
     try:
         eventually(lambda: (prometheus.target() or {}).get("health") == "up", "Prometheus to scrape smsuper")
         target = prometheus.target()
@@ -209,6 +109,7 @@ def test_prometheus_sees_the_target_up_and_every_request_counted(serve, tmp_path
 
 # ---- what each job exports ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
     server, port = serving_with_metrics(serve)
     for number in range(3):
@@ -256,6 +157,7 @@ def test_serving_scrape_passes_promtool_and_holds_every_serving_figure(serve):
     assert server.terminate() == 0
 
 
+@pytest.mark.slow
 def test_endpoint_answers_while_every_worker_is_busy(serve):
     server, port = serving_with_metrics(serve)
     busy = [background(lambda: server.post({"gate": True})) for _ in range(2)]
@@ -269,6 +171,7 @@ def test_endpoint_answers_while_every_worker_is_busy(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 0
 
 
+@pytest.mark.slow
 def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
     """SMSUPER_MAX_REQUESTS=1: every request retires its worker. The dead workers'
     files are folded into archives, so a scrape reads a bounded number of files."""
@@ -287,6 +190,7 @@ def test_recycled_workers_keep_counts_exact_and_the_scrape_small(serve):
     assert promtool_complaints(scrape(port)) == ""
 
 
+@pytest.mark.slow
 def test_a_worker_killed_for_its_timeout_is_counted(serve):
     server, port = serving_with_metrics(serve, SAGEMAKER_MODEL_SERVER_TIMEOUT="1")
     assert server.post({"sleep": 60}).status_code == 504  # nginx gives up after 1 s
@@ -297,6 +201,7 @@ def test_a_worker_killed_for_its_timeout_is_counted(serve):
     assert value(samples, "smsuper_http_requests_in_flight") == 0  # the killed worker's request is gone
 
 
+@pytest.mark.slow
 def test_counts_survive_a_killed_gunicorn_master_and_nginx_comes_back_with_its_figures(serve):
     server, port = serving_with_metrics(serve)
     for number in range(3):
@@ -461,6 +366,7 @@ def _json_lines(text: str, where: str) -> List[dict]:
     return parsed
 
 
+@pytest.mark.slow
 def test_json_log_lines_parse(serve):
     server = serve(SMSUPER_LOG_FORMAT="json")
     server.wait_ready()
@@ -478,6 +384,7 @@ def test_json_log_lines_parse(serve):
     assert any(record["level"] == "warning" and "415" in record["message"] for record in own)
 
 
+@pytest.mark.slow
 def test_ping_lines_are_logged_only_when_asked(serve):
     server = serve(SMSUPER_LOG_PING="true")
     server.wait_ready()

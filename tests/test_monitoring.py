@@ -18,17 +18,15 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
 import pytest
 import requests
 
-from test_metrics import PROMETHEUS, PROMTOOL, parse, scrape, value
-from test_serve import GATED_MODEL, Server, background, children_of, eventually, free_port, host_pid, in_flight, layout
-from test_train import environment as train_environment
-from test_train import layout as train_layout
+from helpers import (GATED_MODEL, PROMETHEUS, PROMTOOL, Prometheus, Server, background, children_of, eventually,
+                     free_port, host_pid, in_flight, parse, scrape, serve_environment, serve_layout, train_command,
+                     train_environment, train_layout, value)
 
 KIT = Path(__file__).resolve().parent.parent / "examples" / "monitoring"
 RULES = KIT / "smsuper-rules.yml"
@@ -120,8 +118,7 @@ class Training:
                                 SMSUPER_METRICS_PORT=str(self.metrics_port),
                                 SMSUPER_METRIC_DEFINITIONS=json.dumps(DEFINITIONS))
         self.log = open(directory / "train.log", "wb")
-        self.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable,
-                                      str(pyz), "train"], env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+        self.proc = subprocess.Popen(train_command(pyz), env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
     def close(self) -> None:
@@ -135,14 +132,8 @@ class Training:
 
 
 def serving(pyz: Path, base_env: dict, directory: Path, code: str, **extra: str) -> Server:
-    base = layout(directory / "ml", code)
-    env = dict(base_env)
-    for name in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMSUPER_APP"):
-        env.pop(name, None)
-    env.update({"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-                "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_RUNTIME_DIR": str(directory / "run"),
-                "SMSUPER_METRICS_PORT": str(free_port())})
-    env.update(extra)
+    base = serve_layout(directory / "ml", code)
+    env = serve_environment(base_env, base, directory / "run", SMSUPER_METRICS_PORT=str(free_port()), **extra)
     server = Server(pyz, env, base)
     server.metrics_port = int(env["SMSUPER_METRICS_PORT"])
     return server
@@ -157,63 +148,6 @@ def fast_rules(directory: Path) -> Path:
     return copy
 
 
-class Prometheus:
-    def __init__(self, directory: Path, jobs: Dict[str, List[int]], rules: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        scrape_configs = "".join(
-            f"""
-              - job_name: {job}
-                static_configs:
-                  - targets: [{", ".join(f'"127.0.0.1:{port}"' for port in ports)}]"""
-            for job, ports in jobs.items())
-        config = directory / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-              evaluation_interval: 1s
-            rule_files: ["{rules}"]
-            scrape_configs:""") + textwrap.dedent(scrape_configs) + "\n")
-        self.log = open(directory / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def api(self, path: str, **params: str) -> dict:
-        response = requests.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=10)
-        answer = response.json()
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def all_up(self, count: int) -> bool:
-        try:
-            targets = self.api("targets")["activeTargets"]
-        except requests.RequestException:
-            return False
-        return len(targets) == count and all(target["health"] == "up" for target in targets)
-
-    def values(self, expression: str) -> List[float]:
-        return [float(sample["value"][1]) for sample in self.api("query", query=expression)["result"]]
-
-    def firing(self, alert: str, instance: Optional[int] = None) -> bool:
-        for found in self.api("alerts")["alerts"]:
-            if found["labels"]["alertname"] == alert and found["state"] == "firing" and (
-                    instance is None or found["labels"]["instance"] == f"127.0.0.1:{instance}"):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 def gunicorn_workers(server: Server) -> List[int]:
     return children_of(server.gunicorn_master())
 
@@ -222,6 +156,7 @@ def restarts(server: Server) -> float:
     return value(parse(scrape(server.metrics_port)), "smsuper_worker_restarts_total") or 0
 
 
+@pytest.mark.slow
 def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_env, tmp_path):
     queries = dashboard_queries()
     started: list = []
@@ -305,6 +240,7 @@ def test_dashboard_panels_have_data_and_alerts_fire_on_their_faults(pyz, base_en
 
 # ---- the series the rules need, one by one ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_recycled_workers_are_told_apart_from_dying_ones(pyz, base_env, tmp_path):
     """SMSUPER_MAX_REQUESTS=1 replaces a worker after every request: planned, so no restart loop."""
     server = serving(pyz, base_env, tmp_path, GATED_MODEL, SMSUPER_MAX_REQUESTS="1")
@@ -323,6 +259,7 @@ def test_recycled_workers_are_told_apart_from_dying_ones(pyz, base_env, tmp_path
         server.close()
 
 
+@pytest.mark.slow
 def test_readiness_and_limits_are_exported_and_a_fifo_cannot_hang_the_scrape(pyz, base_env, tmp_path):
     server = serving(pyz, base_env, tmp_path, FAILING_MODEL, SAGEMAKER_MODEL_SERVER_TIMEOUT="17",
                      SMSUPER_WORKER_THREADS="3", SAGEMAKER_MAX_PAYLOAD_IN_MB="9")

@@ -25,10 +25,11 @@ from typing import Dict, List, Optional
 import pytest
 import requests
 
-from test_serve import WAIT_LIMIT, Server, _tiny_wheel, background, eventually, free_port, title_of
+from helpers import WAIT_LIMIT, Server, background, eventually, free_port, tiny_wheel, title_of
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
+pytestmark = [pytest.mark.slow,  # serving stacks
+              pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                 reason="nginx is not installed (scripts/install-test-deps.sh installs it)")]
 
 # Each model's own code: it answers with its name (from a file beside it) and, for
 # {"gate": true}, records itself in GATES/inflight and waits until GATES/open exists.
@@ -558,7 +559,7 @@ def predict_fn(data, model):
 def test_each_model_gets_its_own_requirements_installed_and_no_other_model_sees_them(endpoint):
     server = endpoint(PIP_NO_INDEX="1")  # the wheel is local: no network
     url = server.model("needs", code=NEEDS_TINYDEP)
-    wheel = _tiny_wheel(Path(url) / "code")
+    wheel = tiny_wheel(Path(url) / "code")
     (Path(url) / "code" / "requirements.txt").write_text(f"./{wheel}\n")
     loaded = server.load("needs", url)
     assert loaded.status_code == 200, loaded.text

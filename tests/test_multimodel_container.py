@@ -12,7 +12,10 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 import requests
+
+pytestmark = [pytest.mark.slow]  # a real container
 
 try:  # tests/ as a package or as a rootdir on sys.path
     from . import containers

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import tempfile
 import textwrap
 import time
@@ -21,12 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from . import containers
-    from .containers import images  # noqa: F401  (fixture)
-except ImportError:
-    import containers
-    from containers import images  # noqa: F401  (fixture)
+from helpers import free_port
+
+import containers
+
+pytestmark = [pytest.mark.slow]  # real containers
 
 SUITE = "bookworm"
 WAIT_LIMIT = 120  # safety net against a hang, not a speed bound
@@ -115,12 +113,6 @@ def train(image: str, root: Path) -> tuple:
     detail = proc.stdout + proc.stderr
     assert proc.returncode == 0, detail
     return json.loads((root / "model" / "model.json").read_text()), proc  # written unprivileged, kept
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

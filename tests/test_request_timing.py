@@ -3,8 +3,11 @@ an answer whose body is an iterator (a streamed answer) counts its whole time.""
 
 from __future__ import annotations
 
-from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import eventually, serve  # noqa: F401 (fixture)
+import pytest
+
+from helpers import eventually, parse, scrape, serving_with_metrics, value
+
+pytestmark = [pytest.mark.slow]  # a serving stack
 
 PAUSE = 1.0
 # The body's second chunk comes PAUSE seconds after the handler returned.

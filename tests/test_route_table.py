@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from test_http_errors import wait_counted
-from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import WAIT_LIMIT, eventually, serve  # noqa: F401 (fixture)
+from helpers import (IDENTITY, WAIT_LIMIT, eventually, make_service, parse, scrape, serving_with_metrics,
+                     user_app_service, value, wait_counted)
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDED_ROWS = ('    Route("/predict", ("POST",), "invoke"),\n'
@@ -50,6 +49,7 @@ def pyz(tmp_path_factory) -> Path:
     return tree / "smsuper.pyz"
 
 
+@pytest.mark.slow  # builds a pyz of its own and serves it
 @pytest.mark.parametrize("front", ["nginx", "workers alone"])
 def test_a_row_added_to_the_table_is_served_refused_and_counted_alike(serve, front):
     server, metrics_port = serving_with_metrics(
@@ -86,7 +86,6 @@ def test_a_row_added_to_the_table_is_served_refused_and_counted_alike(serve, fro
 # ---- in-process: each consumer reads the table it is given (the source tree, not the pyz) ----------
 
 def test_nginx_the_flask_app_and_pid1s_counts_take_a_row_from_the_table(tmp_path, monkeypatch):
-    from test_serve_app import IDENTITY, make_service
 
     from smsuper.metrics.responses import ResponseCounts
     from smsuper.serve import nginx
@@ -126,7 +125,6 @@ def test_nginx_the_flask_app_and_pid1s_counts_take_a_row_from_the_table(tmp_path
 
 
 def test_a_users_app_gets_smsupers_answer_on_a_fallback_row_only_when_it_answers_404(tmp_path, monkeypatch):
-    from test_serve_app import user_app_service
 
     from smsuper.serve import routes
     monkeypatch.setattr(routes, "TABLE", routes.TABLE + (
@@ -148,7 +146,6 @@ def ping():
 
 
 def test_a_row_naming_an_entry_the_service_lacks_stops_the_app_saying_which(tmp_path, monkeypatch):
-    from test_serve_app import IDENTITY, make_service
 
     from smsuper.serve import routes
     from smsuper.serve.worker.app import create_app

@@ -31,7 +31,9 @@ import pytest
 
 import boto3  # the test extra (pyproject.toml) installs both
 import moto.server as moto_server
-from test_train import _children_of, _wait_for_line
+from helpers import children_of, free_port, in_namespace, read_until, train_command
+
+pytestmark = [pytest.mark.slow]  # an S3 server (moto) and serving stacks
 
 # Safety nets against a hang, never assertions about speed.
 RUN_LIMIT = 600
@@ -135,10 +137,6 @@ def environment(base_env: dict, base: Path, extra: Dict[str, str]) -> dict:
     env["SAGEMAKER_BASE_DIR"] = str(base)
     env.update(extra)
     return env
-
-
-def train_command(pyz: Path, python: str = sys.executable):
-    return ["unshare", "--pid", "--fork", "--mount-proc", python, str(pyz), "train"]
 
 
 def run_train(pyz: Path, base_env: dict, base: Path, python: str = sys.executable,
@@ -450,8 +448,8 @@ def test_a_stop_during_a_download_that_hangs_ends_the_job_at_once(pyz, base_env,
         proc = subprocess.Popen(train_command(pyz), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
-            _wait_for_line(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
-            os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
+            read_until(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
+            os.kill(children_of(proc.pid)[0], signal.SIGTERM)
             proc.communicate(timeout=WAIT_LIMIT)
         finally:
             if proc.poll() is None:
@@ -474,12 +472,6 @@ INFERENCE = """
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def serve_env(base_env: dict, base: Path, tmp_path: Path, extra: Dict[str, str]) -> dict:
     env = environment(base_env, base, extra)
     env.pop("SMSUPER_APP", None)
@@ -489,7 +481,7 @@ def serve_env(base_env: dict, base: Path, tmp_path: Path, extra: Dict[str, str])
 
 
 def serve_command(pyz: Path):
-    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, str(pyz), "serve"]
+    return in_namespace(sys.executable, str(pyz), "serve")
 
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
@@ -562,8 +554,8 @@ def test_serve_stops_at_once_on_sigterm_during_a_download_that_hangs(pyz, base_e
         proc = subprocess.Popen(serve_command(pyz), env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _wait_for_line(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
-            os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
+            read_until(proc.stderr, b"downloading " + uri.encode(), WAIT_LIMIT)
+            os.kill(children_of(proc.pid)[0], signal.SIGTERM)
             _, err = proc.communicate(timeout=WAIT_LIMIT)
         finally:
             if proc.poll() is None:

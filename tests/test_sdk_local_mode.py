@@ -28,14 +28,10 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from . import containers
-    from .containers import images  # noqa: F401  (fixture)
-    from .sdk_engine import Engine
-except ImportError:
-    import containers  # type: ignore[no-redef]
-    from containers import images  # type: ignore[no-redef]  # noqa: F401
-    from sdk_engine import Engine  # type: ignore[no-redef]
+import containers
+from sdk_engine import Engine
+
+pytestmark = [pytest.mark.slow]  # the SageMaker SDK driving real containers
 
 SUITE = "bookworm"
 HERE = Path(__file__).resolve().parent / "sdk_local"

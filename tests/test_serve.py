@@ -11,59 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
-import threading
-import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import pytest
 import requests
 
-WAIT_LIMIT = 90  # seconds: only ever reached when something hangs
+from helpers import WAIT_LIMIT, background, eventually, free_port, host_pid, in_flight, nginx_writing
+
 SIX_MIB = 6 * 1024 * 1024
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")
-
-# A handler module whose predictions can be held at a gate: a request with
-# {"gate": true} records its worker's pid in inflight/ and waits until the
-# test creates the file `open`; {"sleep": s} sleeps; anything else is echoed.
-GATED_MODEL = """
-import json, os, time, uuid
-
-BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-INFLIGHT = os.path.join(BASE, "inflight")
-
-def wait_for(path, limit=120):
-    deadline = time.time() + limit
-    while not os.path.exists(path) and time.time() < deadline:
-        time.sleep(0.01)
-
-def model_fn(model_dir):
-    wait_for(os.path.join(BASE, "load"))
-    return "model"
-
-def predict_fn(data, model, context):
-    if isinstance(data, dict) and data.get("gate"):
-        os.makedirs(INFLIGHT, exist_ok=True)
-        with open(os.path.join(INFLIGHT, f"{os.getpid()}-{uuid.uuid4().hex}"), "w"):
-            pass
-        wait_for(os.path.join(BASE, "open"))
-        return {"pid": os.getpid(), "gated": True}
-    if isinstance(data, dict) and "sleep" in data:
-        time.sleep(data["sleep"])
-    if context.custom_attributes:
-        context.set_custom_attributes("echo:" + context.custom_attributes)
-    return data
-"""
+pytestmark = [pytest.mark.slow,  # each test starts a serving stack (nginx, gunicorn, workers)
+              pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                reason="nginx is not installed (scripts/install-test-deps.sh installs it)")]
 
 BODY_LENGTH_MODEL = """
 def model_fn(model_dir):
@@ -72,199 +37,6 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     return str(len(body)), "text/plain"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def children_of(pid: int) -> List[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
-
-
-def title_of(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def host_pid(namespace_pid: int, init: int) -> int:
-    """The host's pid of a process that knows itself as `namespace_pid` inside init's PID namespace."""
-    namespace = os.readlink(f"/proc/{init}/ns/pid")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
-                continue
-            with open(f"/proc/{entry}/status") as handle:
-                for line in handle:
-                    if line.startswith("NSpid:") and int(line.split()[-1]) == namespace_pid:
-                        return int(entry)
-        except OSError:
-            continue
-    raise AssertionError(f"no process {namespace_pid} in the namespace of {init}")
-
-
-def eventually(check: Callable[[], bool], what: str, limit: float = WAIT_LIMIT) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-class Server:
-    """One `smsuper serve` under its own PID namespace."""
-
-    def __init__(self, pyz: Path, env: dict, base: Path, cwd: Optional[Path] = None):
-        self.base = base
-        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
-        self.stdout_path = base.parent / "stdout.txt"
-        self.stderr_path = base.parent / "stderr.txt"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, str(pyz), "serve"],
-                env=env, cwd=str(cwd or base), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-
-    # ---- observing ----------------------------------------------------------------
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def init_pid(self) -> int:
-        eventually(lambda: bool(children_of(self.proc.pid)), "smsuper to start")
-        return children_of(self.proc.pid)[0]
-
-    def child(self, marker: str) -> int:
-        """The pid of PID 1's child whose title contains `marker`."""
-        found: List[int] = []
-
-        def look() -> bool:
-            found[:] = [p for p in children_of(self.init_pid()) if marker in title_of(p)]
-            return bool(found)
-
-        eventually(look, f"a child titled {marker!r}")
-        return found[0]
-
-    def gunicorn_master(self) -> int:
-        found: List[int] = []
-
-        def look() -> bool:
-            found[:] = [p for p in children_of(self.init_pid())
-                        if "gunicorn: master" in title_of(p) or "_gunicorn" in title_of(p)]
-            return bool(found)
-
-        eventually(look, "the gunicorn master")
-        return found[0]
-
-    def ping(self) -> Optional[requests.Response]:
-        try:
-            return requests.get(self.url("/ping"), timeout=5)
-        except requests.RequestException:
-            return None
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"smsuper exited {self.proc.returncode}\n{self.stderr()}")
-            response = self.ping()
-            return response is not None and response.status_code == 200
-
-        eventually(ready, "/ping to answer 200")
-
-    def post(self, data, content_type: str = "application/json", **headers: str) -> requests.Response:
-        if not isinstance(data, (bytes, str)):
-            data = json.dumps(data)
-        return requests.post(self.url("/invocations"), data=data,
-                             headers={"Content-Type": content_type, **headers}, timeout=WAIT_LIMIT)
-
-    # ---- stopping --------------------------------------------------------------------
-    def terminate(self) -> int:
-        os.kill(self.init_pid(), signal.SIGTERM)
-        return self.proc.wait(timeout=WAIT_LIMIT)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # --kill-child takes the whole namespace with it
-            self.proc.wait(timeout=WAIT_LIMIT)
-
-
-def layout(base: Path, code: str = GATED_MODEL, files: Optional[Dict[str, str]] = None) -> Path:
-    code_dir = base / "model" / "code"
-    code_dir.mkdir(parents=True, exist_ok=True)
-    (code_dir / "inference.py").write_text(textwrap.dedent(code))
-    for name, text in (files or {}).items():
-        (code_dir / name).write_text(text)
-    (base / "load").touch()  # GATED_MODEL's model_fn returns at once unless a test removes this
-    return base
-
-
-@pytest.fixture()
-def serve(pyz, base_env, tmp_path):
-    """serve(code=..., **env) starts a server and waits for nothing; every server is killed at the end."""
-    servers: List[Server] = []
-
-    def start(code: str = GATED_MODEL, files: Optional[Dict[str, str]] = None, loaded: bool = True,
-              cwd: Optional[Path] = None, **extra: str) -> Server:
-        base = layout(tmp_path / "ml", code, files)
-        if not loaded:
-            (base / "load").unlink()
-        env = dict(base_env)
-        for name in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMSUPER_APP"):
-            env.pop(name, None)
-        env.update({"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-                    "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SMSUPER_RUNTIME_DIR": str(tmp_path / "run")})
-        env.update(extra)
-        server = Server(pyz, env, base, cwd)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def in_flight(base: Path) -> int:
-    directory = base / "inflight"
-    return len(os.listdir(directory)) if directory.exists() else 0
-
-
-def background(function: Callable[[], requests.Response]) -> Callable[[], requests.Response]:
-    """Run `function` in a thread; calling the result joins it and returns its response."""
-    box: list = []
-
-    def run() -> None:
-        try:
-            box.append(function())
-        except Exception as error:  # surfaced by the caller
-            box.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> requests.Response:
-        thread.join(WAIT_LIMIT)
-        assert box, "the request did not finish"
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
-
-    return result
 
 
 # ---- routes and status codes ---------------------------------------------------------------
@@ -378,13 +150,6 @@ def test_model_fn_raising_fails_ping_and_invocations_without_crash_loop(serve):
 
 # ---- lifecycle -----------------------------------------------------------------------------------
 
-def nginx_writing(metrics_port: int) -> int:
-    """Requests nginx is handling now (stub_status, through smsuper's metrics), this scrape's own included."""
-    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    found = re.search(r'^smsuper_nginx_connections\{state="writing"\} (\d+)', text, re.MULTILINE)
-    return int(found.group(1)) if found else 0
-
-
 def test_sigterm_completes_every_request_in_flight_and_exits_0(serve):
     metrics_port = free_port()
     server = serve(SMSUPER_METRICS_PORT=str(metrics_port))
@@ -488,26 +253,10 @@ def test_style_b_seed_predictor_app(serve, tmp_path):
     assert server.terminate() == 0
 
 
-def _tiny_wheel(directory: Path) -> str:
-    """A wheel of one module, built by hand so pip needs no network and no build backend."""
-    name = "smsuper_tinydep-1.0-py3-none-any.whl"
-    info = "smsuper_tinydep-1.0.dist-info"
-    files = {
-        "smsuper_tinydep.py": "ANSWER = 42\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: smsuper-tinydep\nVersion: 1.0\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
-    with zipfile.ZipFile(directory / name, "w") as wheel:
-        for path, text in files.items():
-            wheel.writestr(path, text)
-    return name
-
-
 def test_requirements_are_installed_before_workers_start(serve, tmp_path):
     code_dir = tmp_path / "ml" / "model" / "code"
     code_dir.mkdir(parents=True)
-    wheel = _tiny_wheel(code_dir)
+    wheel = tiny_wheel(code_dir)
     target = tmp_path / "site"
     server = serve(code="""
         import smsuper_tinydep

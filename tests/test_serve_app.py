@@ -12,7 +12,6 @@ import os
 import pickle
 import struct
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ from smsuper.serve import runtime as runtime_dir  # noqa: E402
 from smsuper.serve.config import resolve  # noqa: E402
 from smsuper.serve.worker import codecs, negotiation, npy  # noqa: E402
 from smsuper.serve.worker.app import create_app  # noqa: E402
-from smsuper.serve.worker.service import ModelService  # noqa: E402
-from smsuper.serve.worker.user_app import UserAppService  # noqa: E402
+
+from helpers import IDENTITY, client_for, make_service, user_app_service  # noqa: E402
 
 try:
     import numpy
@@ -35,15 +34,6 @@ except ImportError:  # the image may have no numpy: the pure-Python paths are te
 
 needs_numpy = pytest.mark.skipif(numpy is None, reason="numpy is not installed")
 
-IDENTITY = """
-def model_fn(model_dir):
-    return "the-model"
-
-def predict_fn(data, model):
-    return data
-"""
-
-
 BODY_LENGTH = """
 def model_fn(model_dir):
     return None
@@ -51,28 +41,6 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     return str(len(body))
 """
-
-
-@pytest.fixture(params=["numpy", "plain"] if numpy is not None else ["plain"])
-def numpy_mode(request, monkeypatch):
-    """Run a test with numpy, and again as if the image had none."""
-    monkeypatch.setattr(codecs, "_numpy", numpy if request.param == "numpy" else False)
-    return request.param
-
-
-def make_service(tmp_path: Path, code: str, runtime=None, **env: str) -> ModelService:
-    code_dir = tmp_path / "ml" / "model" / "code"
-    code_dir.mkdir(parents=True, exist_ok=True)
-    (code_dir / "inference.py").write_text(textwrap.dedent(code))
-    environ = {"SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", **env}
-    service = ModelService(resolve(environ), runtime)
-    sys.modules.pop("inference", None)
-    service.load()
-    return service
-
-
-def client_for(tmp_path: Path, code: str = IDENTITY, **env: str):
-    return create_app(make_service(tmp_path, code, **env)).test_client()
 
 
 def body_of(response) -> dict:
@@ -501,23 +469,6 @@ def test_nginx_before_1_19_5_gets_no_e_flag(tmp_path):
 # ---- style B: the user's own WSGI app --------------------------------------------------------------
 
 SEED_PREDICTOR = (Path(__file__).parent / "apps" / "seed_predictor.py").read_text()
-
-
-def user_app_service(tmp_path: Path, source: str, spec: str = "predictor:app") -> UserAppService:
-    program = tmp_path / "program"
-    program.mkdir(exist_ok=True)
-    (program / "predictor.py").write_text(textwrap.dedent(source))
-    sys.modules.pop("predictor", None)
-    config = resolve({"SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
-                      "SMSUPER_APP": spec})
-    old = os.getcwd()
-    os.chdir(program)
-    try:
-        service = UserAppService(config)
-        service.load()
-    finally:
-        os.chdir(old)
-    return service
 
 
 def test_seed_style_predictor_app(tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import textwrap
 import threading
 import time
@@ -24,12 +23,11 @@ from pathlib import Path
 import pytest
 import requests
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from . import containers
-    from .containers import images  # noqa: F401  (fixture)
-except ImportError:
-    import containers
-    from containers import images  # noqa: F401  (fixture)
+from helpers import free_port
+
+import containers
+
+pytestmark = [pytest.mark.slow]  # real containers
 
 STOP_TIMEOUT = 30
 WAIT_LIMIT = 120  # safety net against a hang, not a speed bound
@@ -60,12 +58,6 @@ MODEL = """
 @pytest.fixture(scope="module", params=list(containers.SUITES))
 def suite_image(request, images, pyz):
     return request.param, images.image(request.param, pyz)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def opt_ml(root: Path) -> Path:

@@ -12,9 +12,12 @@ import threading
 from pathlib import Path
 from typing import List
 
+import pytest
 import requests
 
-from test_serve import GATED_MODEL, background, eventually, in_flight, serve  # noqa: F401 (fixture)
+from helpers import background, eventually, in_flight
+
+pytestmark = [pytest.mark.slow]  # each test starts a serving stack
 
 # A user WSGI app that answers with the identity of the connection it came on,
 # (SO_COOKIE, 57: a number unique to each socket while the kernel runs), and never

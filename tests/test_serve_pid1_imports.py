@@ -15,24 +15,25 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import requests
 
-from test_serve import WAIT_LIMIT, children_of, eventually, free_port, layout
-from test_metrics import scrape
+from helpers import WAIT_LIMIT, eventually, free_port, in_namespace, init_pid, scrape, serve_layout
+
+pytestmark = [pytest.mark.slow]  # a serving stack
 
 GUNICORN_SIDE = re.compile(r"\|\s+(smsuper\.(?:serve\.(?:master|worker)|metrics\.worker)\b[\w.]*)")
 
 
 def test_pid1_of_serve_imports_nothing_of_the_gunicorn_master_or_workers(pyz, base_env, tmp_path):
-    base = layout(tmp_path / "ml")
+    base = serve_layout(tmp_path / "ml")
     port, metrics_port = free_port(), free_port()
     env = dict(base_env, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_BIND_TO_PORT=str(port),
                SMSUPER_METRICS_PORT=str(metrics_port), SAGEMAKER_MODEL_SERVER_WORKERS="1",
                SMSUPER_RUNTIME_DIR=str(tmp_path / "run"))
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-                                 sys.executable, "-X", "importtime", str(pyz), "serve"],
+        proc = subprocess.Popen(in_namespace(sys.executable, "-X", "importtime", str(pyz), "serve"),
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         def answered() -> bool:
@@ -43,7 +44,7 @@ def test_pid1_of_serve_imports_nothing_of_the_gunicorn_master_or_workers(pyz, ba
 
         eventually(answered, "an invocation answered")
         assert "smsuper_http_requests" in scrape(metrics_port)
-        os.kill(children_of(proc.pid)[0], signal.SIGTERM)  # PID 1 of the namespace
+        os.kill(init_pid(proc.pid), signal.SIGTERM)  # PID 1 of the namespace
         assert proc.wait(timeout=WAIT_LIMIT) == 0
     finally:
         if proc.poll() is None:

@@ -8,7 +8,11 @@ import re
 import signal
 import uuid
 
-from test_serve import eventually, host_pid, serve  # noqa: F401 (fixture)
+import pytest
+
+from helpers import eventually, host_pid
+
+pytestmark = [pytest.mark.slow]  # serving stacks
 
 NEW = "X-Amzn-SageMaker-New-Session-Id"
 ID = "X-Amzn-SageMaker-Session-Id"

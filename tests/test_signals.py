@@ -21,14 +21,8 @@ from typing import Callable, List
 import pytest
 import requests
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from .test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually, free_port,
-                             in_flight, nginx_writing, serve, title_of)  # noqa: F401  (serve: fixture)
-    from .test_train import environment as train_environment, layout as train_layout
-except ImportError:
-    from test_serve import (GATED_MODEL, WAIT_LIMIT, background, children_of, eventually,  # type: ignore
-                            free_port, in_flight, nginx_writing, serve, title_of)  # noqa: F401
-    from test_train import environment as train_environment, layout as train_layout  # type: ignore
+from helpers import (WAIT_LIMIT, background, children_of, eventually, free_port, in_flight, in_namespace, init_pid,
+                     nginx_writing, train_environment, train_layout)
 
 HAS_NGINX = os.path.exists("/usr/sbin/nginx")
 
@@ -60,7 +54,7 @@ class Init:
         self.stdout_path = tmp_path / "init-stdout.txt"
         self.stderr_path = tmp_path / "init-stderr.txt"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command],
+            self.proc = subprocess.Popen(in_namespace(*command),
                                          env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def stdout(self) -> str:
@@ -71,8 +65,7 @@ class Init:
 
     def pid(self) -> int:
         """The host's pid of the namespace's PID 1 (unshare's only child)."""
-        eventually(lambda: bool(children_of(self.proc.pid)), "PID 1 to start")
-        return children_of(self.proc.pid)[0]
+        return init_pid(self.proc.pid)
 
     def wait_for(self, text: str) -> None:
         def seen() -> bool:
@@ -133,6 +126,7 @@ def test_started_with_sigchld_blocked_the_exit_is_still_seen(init, launcher):
     assert job.wait() == 3, job.stderr()
 
 
+@pytest.mark.slow
 def test_started_with_sigterm_blocked_sigterm_is_forwarded_and_the_grace_period_runs(init, launcher, stubborn):
     job = init(sys.executable, stubborn, env={"SMSUPER_GRACE_PERIOD": "2"}, prefix=launcher)
     job.wait_for("ready")
@@ -148,6 +142,7 @@ def test_started_with_sigterm_blocked_sigterm_is_forwarded_and_the_grace_period_
 needs_nginx = pytest.mark.skipif(not HAS_NGINX, reason="nginx is not installed (scripts/install-test-deps.sh)")
 
 
+@pytest.mark.slow
 @needs_nginx
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
 def test_sigint_and_sigquit_complete_every_request_in_flight_like_sigterm(serve, signum):
@@ -191,6 +186,7 @@ def test_stop_signal_rewrite_gives_the_command_sigint_for_sigterm(init, tmp_path
     assert "checkpoint written" in job.stdout()
 
 
+@pytest.mark.slow
 def test_stop_signal_rewrite_still_ends_in_sigkill_after_the_grace_period(init, stubborn):
     job = init(sys.executable, stubborn, env={"SMSUPER_STOP_SIGNAL": "INT", "SMSUPER_GRACE_PERIOD": "2"})
     job.wait_for("ready")
@@ -372,6 +368,7 @@ class PingWatch(threading.Thread):
         self.join(WAIT_LIMIT)
 
 
+@pytest.mark.slow
 @needs_nginx
 def test_sighup_replaces_the_workers_without_a_restart_or_a_lost_request(serve):
     metrics_port = free_port()
@@ -465,6 +462,7 @@ def faulty_job(init, pyz, tmp_path) -> Callable[[str], Init]:
     return lambda fault: init(command=[sys.executable, str(program), str(pyz), fault])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["exit-hook", "timer", "reader"])
 def test_a_callback_that_raises_is_logged_once_and_stops_gracefully(faulty_job, fault):
     job = faulty_job(fault)
@@ -476,6 +474,7 @@ def test_a_callback_that_raises_is_logged_once_and_stops_gracefully(faulty_job, 
     assert "SIGKILL" not in logged
 
 
+@pytest.mark.slow
 def test_a_chore_that_raises_only_warns(faulty_job):
     job = faulty_job("chore")
     assert job.wait() == 0, job.stderr()

@@ -18,8 +18,9 @@ import pytest
 import requests
 import urllib3
 
-from test_metrics import parse, scrape, serving_with_metrics, value
-from test_serve import WAIT_LIMIT, background, eventually, host_pid, serve  # noqa: F401 (fixture)
+from helpers import WAIT_LIMIT, background, eventually, host_pid, parse, scrape, serving_with_metrics, value
+
+pytestmark = [pytest.mark.slow]  # serving stacks
 
 CHUNKS = 100
 

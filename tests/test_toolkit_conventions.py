@@ -26,8 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from test_codecs_hardening import error_of, numpy_mode, post, start_stack  # noqa: E402,F401 (fixture)
-from test_serve import eventually, host_pid  # noqa: E402
+from helpers import error_of, eventually, host_pid, post, start_stack  # noqa: E402
 
 from smsuper import settings  # noqa: E402
 from smsuper.serve.worker import codecs, npy  # noqa: E402
@@ -95,6 +94,7 @@ def emit(server, what: str, accept: str) -> requests.Response:
     return post(server, json.dumps({"emit": what}), "application/json", accept=accept)
 
 
+@pytest.mark.slow
 def test_string_labels_as_npy_need_no_pickle(defaults):
     response = emit(defaults, "labels", "application/x-npy")
     assert response.status_code == 200, response.text[:300]
@@ -106,12 +106,14 @@ def test_string_labels_as_npy_need_no_pickle(defaults):
         assert labels.dtype == numpy.dtype("<U10") and labels.tolist() == ["setosa", "virginica", "versicolor"]
 
 
+@pytest.mark.slow
 def test_arbitrary_objects_are_still_refused_as_npy(defaults):
     response = emit(defaults, "objects", "application/x-npy")
     assert response.status_code == 500
     assert "pickle" in error_of(response)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defaults", ["numpy"], indirect=True)  # object arrays exist only with numpy
 def test_number_object_arrays_as_npy(defaults):
     ints = emit(defaults, "object-ints", "application/x-npy")
@@ -132,12 +134,14 @@ def test_number_object_arrays_as_npy(defaults):
     ("float64", "0.1\n0.3\n"),  # float64 keeps its own (longer) precision
     ("torch", "0.3,0.7\n0.1,0.9\n"),
 ])
+@pytest.mark.slow
 def test_csv_prints_each_float_at_its_own_precision(defaults, what, expected):
     response = emit(defaults, what, "text/csv")
     assert response.status_code == 200, response.text[:300]
     assert response.text == expected
 
 
+@pytest.mark.slow
 def test_jsonlines_in_and_out(defaults):
     body = '[1, 2]\n[3, 4]\n\n{"a": "x"}\n'
     response = post(defaults, '[1, 2]\n[3, 4]\n', "application/jsonlines", accept="application/jsonlines")
@@ -153,12 +157,14 @@ def test_jsonlines_in_and_out(defaults):
     assert one_object.text == '{"k":[1,2]}\n'
 
 
+@pytest.mark.slow
 def test_jsonlines_bad_line_is_400_naming_it(defaults):
     response = post(defaults, '[1]\n[2]\n{oops\n', "application/jsonlines")
     assert response.status_code == 400
     assert "line 3" in error_of(response)
 
 
+@pytest.mark.slow
 def test_system_properties_on_a_cpu_host(defaults):
     response = emit(defaults, "properties", "application/json")
     assert response.status_code == 200, response.text[:300]
@@ -238,6 +244,7 @@ def abalone(pyz, tmp_path_factory):
     stack.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content_type", ["text/csv", "text/csv; charset=utf-8"])
 def test_abalone_featurizer_reads_csv_through_stringio(abalone, content_type):
     response = post(abalone, ABALONE_ROWS, content_type)
@@ -245,6 +252,7 @@ def test_abalone_featurizer_reads_csv_through_stringio(abalone, content_type):
     assert response.json() == {"instances": [{"features": row} for row in ABALONE_FEATURES]}
 
 
+@pytest.mark.slow
 def test_abalone_featurizer_reads_json_through_stringio(abalone):
     records = [dict(zip(["sex", "length", "diameter", "height", "whole_weight", "shucked_weight",
                          "viscera_weight", "shell_weight"], line.split(",")[:8])) for line in ABALONE_ROWS.split()]
@@ -258,6 +266,7 @@ def test_abalone_featurizer_reads_json_through_stringio(abalone):
     assert rows == [pytest.approx(row) for row in ABALONE_FEATURES]  # pandas' JSON reader rounds a little
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content_type", ["application/x-npy", "application/octet-stream", "application/jsonlines"])
 def test_other_types_stay_bytes(abalone, content_type):
     response = post(abalone, b"\x93NUMPY-or-anything", content_type)
@@ -265,6 +274,7 @@ def test_other_types_stay_bytes(abalone, content_type):
     assert response.json() == {"type": "bytes", "content_type": content_type}
 
 
+@pytest.mark.slow
 def test_text_body_that_is_not_utf8_is_400_before_user_code(abalone):
     response = post(abalone, b"M,0.4\xff\xfe,1\n", "text/csv")
     assert response.status_code == 400
@@ -295,6 +305,7 @@ def hf_style(pyz, tmp_path_factory):
     ("text/csv", b"1,2\n", "output 1,2\n"),
     ("application/octet-stream", b"dummy", "output b'dummy'"),  # the toolkits pass other types as bytes
 ])
+@pytest.mark.slow
 def test_hf_style_transform_fn_gets_str(hf_style, content_type, body, expected):
     response = post(hf_style, body, content_type)
     assert response.status_code == 200, response.text[:300]
@@ -342,6 +353,7 @@ def recorded_gpus(base: Path) -> dict:
             if not entry.name.endswith(".tmp")}
 
 
+@pytest.mark.slow
 def test_workers_get_gpus_round_robin_and_model_server_aliases(pyz, tmp_path):
     tools = tmp_path / "bin"
     tools.mkdir()

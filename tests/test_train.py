@@ -10,54 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
-from typing import Dict, Optional
 
 import pytest
 
-# Safety nets against a hang, never assertions about speed.
-RUN_LIMIT = 300
-WAIT_LIMIT = 120
+from helpers import RUN_LIMIT, children_of, read_until, train_command
+from helpers import train_environment as environment
+from helpers import train_layout as layout
 
-
-def layout(base: Path, script: Optional[str] = None, name: str = "train.py", hyperparameters: Optional[dict] = None,
-           channels: Optional[Dict[str, Dict[str, str]]] = None) -> Path:
-    """An /opt/ml tree: code, config files, channel data."""
-    (base / "code").mkdir(parents=True, exist_ok=True)
-    config = base / "input" / "config"
-    config.mkdir(parents=True, exist_ok=True)
-    if script is not None:
-        (base / "code" / name).write_text(textwrap.dedent(script))
-    if hyperparameters is not None:
-        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    channels = channels or {}
-    (config / "inputdataconfig.json").write_text(json.dumps(
-        {channel: {"TrainingInputMode": "File", "ContentType": "text/csv"} for channel in channels}))
-    for channel, files in channels.items():
-        directory = base / "input" / "data" / channel
-        directory.mkdir(parents=True, exist_ok=True)
-        for file_name, text in files.items():
-            (directory / file_name).write_text(text)
-    return base
-
-
-def train_command(pyz: Path):
-    return ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(pyz), "train"]
-
-
-def environment(base_env: dict, base: Path, **extra: str) -> dict:
-    env = dict(base_env)
-    for name in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SAGEMAKER_TRAINING_MODULE"):
-        env.pop(name, None)
-    env["SAGEMAKER_BASE_DIR"] = str(base)
-    env.update(extra)
-    return env
+WAIT_LIMIT = 120  # a safety net against a hang, never an assertion about speed
 
 
 def run_train(pyz: Path, base_env: dict, base: Path, **extra: str) -> subprocess.CompletedProcess:
@@ -156,6 +119,7 @@ def test_hostile_values_arrive_as_single_unchanged_arguments(pyz, base_env, tmp_
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
 
 
+@pytest.mark.slow
 def test_exception_gives_its_final_line_first_in_the_failure_file(pyz, base_env, tmp_path):
     script = """
         import sys
@@ -226,6 +190,7 @@ def test_bad_json_config_fails_before_anything_runs(pyz, base_env, tmp_path):
     assert b"resourceconfig.json: line 3, column 13" in proc.stderr
 
 
+@pytest.mark.slow
 def test_failed_pip_install_puts_pips_error_in_the_failure_file(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", f"open('{tmp_path}/ran', 'w')\n")
     # --no-index: fails from local information only, no package index is asked
@@ -240,6 +205,7 @@ def test_failed_pip_install_puts_pips_error_in_the_failure_file(pyz, base_env, t
     assert b"smsuper-test-package-that-does-not-exist" in proc.stderr  # pip's output was streamed
 
 
+@pytest.mark.slow
 def test_satisfied_requirements_then_the_script_runs(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", f"open('{tmp_path}/ran', 'w')\n")
     (base / "code" / "requirements.txt").write_text("--no-index\npip\n")
@@ -296,30 +262,6 @@ def test_output_order_whole_lines_and_progress_lines(pyz, base_env, tmp_path):
     assert "\r 10%|#\r 50%|#####\r100%|##########\n" in err
 
 
-def _children_of(pid: int):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
-
-
-def _wait_for_line(stream, needle: bytes, limit: float) -> bytes:
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
-    seen = b""
-    deadline = time.monotonic() + limit
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not selector.select(remaining):
-            raise AssertionError(f"never saw {needle!r}; got {seen!r}")
-        chunk = os.read(stream.fileno(), 65536)
-        if not chunk:
-            raise AssertionError(f"stream closed before {needle!r}; got {seen!r}")
-        seen += chunk
-    return seen
-
-
 def test_sigterm_reaches_the_scripts_handler_which_checkpoints_and_exits_with_its_own_code(pyz, base_env, tmp_path):
     script = """
         import os, signal, sys, time
@@ -337,8 +279,8 @@ def test_sigterm_reaches_the_scripts_handler_which_checkpoints_and_exits_with_it
     proc = subprocess.Popen(train_command(pyz), env=environment(base_env, base, SAGEMAKER_PROGRAM="train.py"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for_line(proc.stdout, b"ready", WAIT_LIMIT)
-        init = _children_of(proc.pid)  # unshare's child: smsuper, PID 1 inside
+        read_until(proc.stdout, b"ready", WAIT_LIMIT)
+        init = children_of(proc.pid)  # unshare's child: smsuper, PID 1 inside
         assert len(init) == 1
         os.kill(init[0], signal.SIGTERM)
         out, err = proc.communicate(timeout=WAIT_LIMIT)
@@ -360,8 +302,8 @@ def test_sigterm_before_the_script_starts_fails_the_job_at_once(pyz, base_env, t
     proc = subprocess.Popen(train_command(pyz), env=environment(base_env, base, SAGEMAKER_PROGRAM="train.py"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for_line(proc.stderr, b"waiting for host names to resolve", WAIT_LIMIT)
-        os.kill(_children_of(proc.pid)[0], signal.SIGTERM)
+        read_until(proc.stderr, b"waiting for host names to resolve", WAIT_LIMIT)
+        os.kill(children_of(proc.pid)[0], signal.SIGTERM)
         proc.communicate(timeout=WAIT_LIMIT)
     finally:
         if proc.poll() is None:
@@ -371,6 +313,7 @@ def test_sigterm_before_the_script_starts_fails_the_job_at_once(pyz, base_env, t
     assert failure_of(base).startswith("Stopped: received SIGTERM before the training program started")
 
 
+@pytest.mark.slow
 def test_mpi_is_refused(pyz, base_env, tmp_path):
     base = layout(tmp_path / "ml", "print(1)\n", hyperparameters={"sagemaker_mpi_enabled": "true"})
     proc = run_train(pyz, base_env, base, SAGEMAKER_PROGRAM="train.py")

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from . import containers
-    from .containers import images  # noqa: F401  (fixture)
-except ImportError:
-    import containers
-    from containers import images  # noqa: F401  (fixture)
+import containers
+
+pytestmark = [pytest.mark.slow]  # real containers
 
 SUITE = "bookworm"
 STOP_TIMEOUT = 30

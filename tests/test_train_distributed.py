@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]  # network namespaces, several hosts
+
 RUN_LIMIT = 600  # a safety net against a hang, not a speed bound
 
 SCRIPT = """

@@ -17,8 +17,9 @@ from typing import Callable, List
 import pytest
 import requests
 
-from test_metrics import metrics_env, parse, scrape, value
-from test_serve import children_of, eventually, host_pid, in_flight, serve  # noqa: F401 (fixture)
+from helpers import children_of, eventually, host_pid, in_flight, metrics_env, parse, scrape, value
+
+pytestmark = [pytest.mark.slow]  # serving stacks
 
 # A handler whose faults are chosen by the request.
 FAULTY_MODEL = """

@@ -20,17 +20,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from helpers import free_port, in_namespace, stop, train_command, wait_for_ping
+
+pytestmark = [pytest.mark.slow]  # serving stacks and training jobs as nobody
 
 RUN_LIMIT = 300  # safety nets against a hang, never assertions about speed
 WAIT_LIMIT = 120
@@ -97,7 +98,7 @@ def environment(base_env: dict, base: Path, **extra: str) -> dict:
 
 
 def run_train(pyz: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", PYTHON, str(pyz), "train"], env=env,
+    return subprocess.run(train_command(pyz, PYTHON), env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           timeout=RUN_LIMIT)
 
@@ -177,12 +178,6 @@ INFERENCE = IDENTITY + """
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def serving_layout(base: Path) -> Path:
     (base / "code").mkdir(parents=True)
     (base / "code" / "inference.py").write_text(textwrap.dedent(INFERENCE))
@@ -196,35 +191,8 @@ def serving_layout(base: Path) -> Path:
 
 
 def start_serve(pyz: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", PYTHON, str(pyz), "serve"],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for_ping(proc: subprocess.Popen, port: int):
-    """The first /ping status, or None when the job exited first."""
-    deadline = time.time() + WAIT_LIMIT
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return None
-        try:
-            answer = requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
-            if answer.status_code == 200:
-                return 200
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    return "timeout"
-
-
-def stop(proc: subprocess.Popen) -> bytes:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = proc.communicate(timeout=WAIT_LIMIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, stderr = proc.communicate()
-    return stderr
+    return subprocess.Popen(in_namespace(PYTHON, str(pyz), "serve"), env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
@@ -239,7 +207,7 @@ def test_serve_default_user_loads_a_model_in_a_0700_directory(pyz, base_env, tmp
     env.pop("SAGEMAKER_PROGRAM")
     proc = start_serve(pyz, env)
     try:
-        status = wait_for_ping(proc, port)
+        status = wait_for_ping(port, proc)
         if status != 200:
             pytest.fail(f"/ping never answered 200 ({status}): {stop(proc).decode(errors='replace')}")
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", data=b"{}",
@@ -259,7 +227,7 @@ def test_serve_explicit_user_that_cannot_read_the_model_fails_at_once(pyz, base_
                       SMSUPER_USER="nobody")
     env.pop("SAGEMAKER_PROGRAM")
     proc = start_serve(pyz, env)
-    status = wait_for_ping(proc, port)
+    status = wait_for_ping(port, proc)
     stderr = stop(proc).decode(errors="replace")
     assert status is None, f"serve started (/ping {status}) with a model its user cannot read:\n{stderr}"
     assert proc.returncode == 2, stderr

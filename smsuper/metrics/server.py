@@ -18,7 +18,7 @@ import socket
 from .. import log
 from .exposition import CONTENT_TYPE
 
-TYPE_CHECKING = False  # typing costs PID 1 ~2 MB of RSS; annotations are strings anyway
+TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
 if TYPE_CHECKING:
     from typing import Callable, Dict
 
