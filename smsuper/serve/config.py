@@ -56,8 +56,20 @@ class ServeConfig:
     stream_timeout: float = 3600.0  # seconds a streamed answer may last in all (0: no bound)
     sessions: bool = False  # stateful sessions (worker/sessions.py)
     sessions_expiration: int = 1200
+    batch_size: int = 1  # server-side batching (worker/batching.py); 1 is off
+    batch_delay: float = 0.01  # seconds a request waits to fill its batch
 
     # ---- derived ----------------------------------------------------------------
+    @property
+    def batching(self) -> bool:
+        """Batching applies to the handler functions only: a user's WSGI app serves its own way."""
+        return self.batch_size > 1 and not self.app
+
+    @property
+    def worker_threads(self) -> int:
+        """A worker needs as many request threads as a batch has requests to ever fill one."""
+        return max(self.threads, self.batch_size) if self.batching else self.threads
+
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
@@ -129,4 +141,6 @@ def resolve(environ: Optional[Mapping[str, str]] = None, workers: Optional[int] 
         stream_timeout=get("SMSUPER_STREAM_TIMEOUT"),
         sessions=get("SAGEMAKER_ENABLE_STATEFUL_SESSIONS"),
         sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
+        batch_size=get("SMSUPER_BATCH_SIZE"),
+        batch_delay=get("SMSUPER_BATCH_DELAY_MS") / 1000.0,
     )

@@ -317,6 +317,8 @@ def main(args: List[str]) -> int:
         capabilities.become_subreaper()  # orphaned workers come back to us, not to the host's init
     set_title("smsuper: init [serve]")
     log.info(f"serving on port {config.port}: {config.workers} worker(s)"
-             f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
+             f"{f' x {config.worker_threads} threads' if config.worker_threads > 1 else ''}, "
+             f"{f'batching up to {config.batch_size} requests within {config.batch_delay * 1000:g} ms, ' if config.batching else ''}"
+             f"timeout {config.timeout} s, "
              f"{'app ' + config.app if config.app else 'handlers from ' + str(code_dir)}")
     return ServeJob(config, code_dir, account, listen, runtime_root).run()
