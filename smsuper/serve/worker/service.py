@@ -170,7 +170,8 @@ class ModelService(LoadState):
             return Answer.error(426, f"{request.path} is a WebSocket (RFC 6455): open it with "
                                      f"Upgrade: websocket", [("Upgrade", "websocket")])
         return Answer.error(501, "bidirectional streams are served by the sync workers behind nginx: not with "
-                                 "SMSUPER_WORKER_THREADS > 1, nor without nginx")
+                                 "SMSUPER_WORKER_THREADS > 1 or SMSUPER_BATCH_SIZE > 1, nor "
+                                 "without nginx")
 
     def execution_parameters(self, request: Request) -> Answer:
         function = self.handlers.execution_parameters_fn if self.handlers else None
