@@ -151,6 +151,25 @@ def test_a_batch_hook_gets_the_inputs_as_a_list_and_one_failed_item_fails_alone(
     assert calls(server) == [2]
 
 
+SUMMING_MODEL = """
+def model_fn(model_dir):
+    return "model"
+
+def predict_fn(data, model):
+    return [float(data.sum())]   # one number for the whole input: no row per row
+"""
+
+
+def test_a_prediction_without_a_row_per_row_fails_its_batch_and_says_why(serve):
+    server = batching(serve, code=SUMMING_MODEL, size="2")
+    pending = [background(lambda: server.post([[1, 2]])) for _ in range(2)]
+    answers = [a() for a in pending]
+    assert [a.status_code for a in answers] == [500, 500]
+    message = answers[0].json()["error"]
+    assert "predict_fn returned 1 row for a batch of 2 requests with 2 rows" in message, message
+    assert "predict_batch_fn" in message  # the way out
+
+
 def test_sigterm_sends_a_waiting_batch_and_answers_it(serve):
     server = batching(serve, code=QUEUE_MARKING_MODEL, size="3",
                       files={"smsuper_default_codecs.py": CODECS_SHIM})

@@ -223,7 +223,7 @@ class Handlers:
             count = None
         if count != total:
             who = "predict_fn" if self.predict_fn is not None else "the default predict_fn (model.predict / model())"
-            got = f"{count} rows" if count is not None else f"a {type(prediction).__name__}"
+            got = f"{count} row{'' if count == 1 else 's'}" if count is not None else f"a {type(prediction).__name__}"
             raise ServeError(f"{who} returned {got} for a batch of {len(inputs)} requests with {total} rows in "
                              f"all (SMSUPER_BATCH_SIZE > 1 stacks the requests' rows): return one row per input "
                              f"row, or define predict_batch_fn(inputs, model) to batch another way")
