@@ -205,3 +205,19 @@ import numpy as np
 def decode(body, content_type):
     return np.asarray(json.loads(body), dtype=float)
 """
+
+
+def test_a_users_own_wsgi_app_is_not_batched(serve, tmp_path):
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "echo_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+        "    return [body]\n")
+    # With the batch delay beyond the test's patience, a lone request answered means it never waited for a batch.
+    server = serve(cwd=program, SMSUPER_APP="echo_app:app", SAGEMAKER_MODEL_SERVER_WORKERS="1",
+                   SMSUPER_BATCH_SIZE="4", SMSUPER_BATCH_DELAY_MS=NEVER_MS)
+    server.wait_ready()
+    assert server.post([[1, 2]]).json() == [[1, 2]]
+    assert "batching" not in server.stderr().lower()
