@@ -170,11 +170,40 @@ def test_a_prediction_without_a_row_per_row_fails_its_batch_and_says_why(serve):
     assert "predict_batch_fn" in message  # the way out
 
 
+SLOW_MODEL = """
+import os, time
+
+BASE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def model_fn(model_dir):
+    return "model"
+
+def predict_fn(data, model):
+    if (data == 99).any():
+        time.sleep(4)
+        open(os.path.join(BASE, "slept"), "w").close()
+    return data
+"""
+
+
+def test_a_slow_batch_gets_one_clear_504_for_each_request_and_the_worker_goes_on(serve):
+    server = batching(serve, code=SLOW_MODEL, size="2", SAGEMAKER_MODEL_SERVER_TIMEOUT="2")
+    slow = [background(lambda: server.post([[99, 0]])) for _ in range(2)]
+    answers = [a() for a in slow]
+    assert [a.status_code for a in answers] == [504, 504]
+    assert all("SAGEMAKER_MODEL_SERVER_TIMEOUT=2" in a.json()["error"] for a in answers)
+    # The worker's one dispatcher is busy with the slow batch until it returns, as a sync worker would be.
+    eventually(lambda: (server.base / "slept").exists(), "the slow batch to end")
+    after = [background(lambda: server.post([[1, 2]])) for _ in range(2)]
+    assert [a().json() for a in after] == [[[1, 2]]] * 2
+
+
 def test_sigterm_sends_a_waiting_batch_and_answers_it(serve):
     server = batching(serve, code=QUEUE_MARKING_MODEL, size="3",
                       files={"smsuper_default_codecs.py": CODECS_SHIM})
     pending = [background(lambda: server.post([[1, 1]])) for _ in range(2)]
     eventually(lambda: decoded(server) == 2, "two requests waiting for a third")
+    assert server.ping().status_code == 200  # a waiting batch holds threads, not /ping
     os.kill(server.init_pid(), signal.SIGTERM)
     answers = [a() for a in pending]
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
