@@ -396,6 +396,13 @@ _DECLARED: Iterable[Setting] = (
     Setting("SMSUPER_WORKER_THREADS", _integer(1, 256), 1,
             "Threads per gunicorn worker; above 1 uses gthread workers instead of sync.",
             jobs=("serve",)),
+    Setting("SMSUPER_BATCH_SIZE", _integer(1, 256), 1,
+            "Server-side batching: the most concurrent /invocations one worker predicts in one call "
+            "(predict_fn on the stacked rows, or predict_batch_fn); 1 is off. Above 1 each worker runs "
+            "this many request threads (at least). Not for SMSUPER_APP or transform_fn.", jobs=("serve",)),
+    Setting("SMSUPER_BATCH_DELAY_MS", _integer(0, 3600000, "an integer of milliseconds"), 10,
+            "Server-side batching: the longest a request waits for others to fill its batch, in milliseconds "
+            "(a full batch goes at once).", jobs=("serve",)),
     Setting("SMSUPER_BIDIRECTIONAL_STREAM_PATH", _stream_path, "/invocations-bidirectional-stream",
             "Path where serve accepts the platform's bidirectional streams (WebSocket connections, answered "
             "by the handler module's stream_fn), for clients that name another path.",

@@ -448,6 +448,14 @@ def scrape(port: int) -> str:
     return response.text
 
 
+def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
+    """The scrape once `metric` shows `expected`: a worker publishes its counts and timings
+    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/worker/serving.py)."""
+    eventually(lambda: value(parse(scrape(port)), metric, **labels) == expected,
+               f"{metric}{labels} to be published as {expected}")
+    return parse(scrape(port))
+
+
 class Prometheus:
     """`prometheus` scraping JOB -> [ports] every second on loopback, with RULES, its data in `directory`."""
 

@@ -26,15 +26,7 @@ import pytest
 import requests
 
 from helpers import (PROMTOOL, WAIT_LIMIT, Prometheus, background, eventually, free_port, in_flight, metrics_env,
-                     parse, scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
-
-
-def published(port: int, metric: str, expected: float, **labels: str) -> Dict:
-    """The scrape once `metric` shows `expected`: a worker publishes its counts and timings
-    up to 0.2 s after a request (PUBLISH_DELAY in smsuper/metrics/worker/serving.py)."""
-    eventually(lambda: value(parse(scrape(port)), metric, **labels) == expected,
-               f"{metric}{labels} to be published as {expected}")
-    return parse(scrape(port))
+                     parse, published, scrape, serving_with_metrics, train_command, train_environment, train_layout, value)
 
 
 class WaitingCommand:

@@ -75,8 +75,8 @@ def collector(runtime, config):
         workers = gauge("model_server_workers", "gunicorn workers this job runs (SAGEMAKER_MODEL_SERVER_WORKERS).")
         workers.add(config.workers)
         threads = gauge("model_server_worker_threads", "Requests each worker handles at once "
-                                                       "(SMSUPER_WORKER_THREADS).")
-        threads.add(config.threads)
+                                                       "(SMSUPER_WORKER_THREADS, or SMSUPER_BATCH_SIZE if larger).")
+        threads.add(config.worker_threads)
         timeout = gauge("model_server_timeout_seconds", "Seconds a request may take before nginx answers 504 "
                                                         "(SAGEMAKER_MODEL_SERVER_TIMEOUT).")
         timeout.add(config.timeout)

@@ -60,6 +60,8 @@ FIELDS = (
     "sessions_expiration",
     "multi_model",  # SAGEMAKER_MULTI_MODEL: models loaded at run time (multimodel/)
     "model_memory_margin_mb",
+    "batch_size",  # server-side batching (worker/batching.py); 1 is off
+    "batch_delay",  # seconds a request waits to fill its batch
 )
 
 
@@ -91,6 +93,16 @@ class ServeConfig:
         return {name: getattr(self, name) for name in FIELDS}
 
     # ---- derived ----------------------------------------------------------------
+    @property
+    def batching(self) -> bool:
+        """Batching applies to the handler functions only: a user's WSGI app serves its own way."""
+        return self.batch_size > 1 and not self.app
+
+    @property
+    def worker_threads(self) -> int:
+        """A worker needs as many request threads as a batch has requests to ever fill one."""
+        return max(self.threads, self.batch_size) if self.batching else self.threads
+
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
@@ -181,4 +193,6 @@ def resolve(environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
         sessions_expiration=get("SAGEMAKER_SESSIONS_EXPIRATION"),
         multi_model=multi_model,
         model_memory_margin_mb=get("SMSUPER_MODEL_MEMORY_MARGIN_MB"),
+        batch_size=get("SMSUPER_BATCH_SIZE"),
+        batch_delay=get("SMSUPER_BATCH_DELAY_MS") / 1000.0,
     )

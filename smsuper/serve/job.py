@@ -145,7 +145,9 @@ class ServeJob(lifecycle.Job):
         multi = config.multi_model
         log.info(f"serving on port {config.port}{' (multi-model endpoint)' if multi else ''}: "
                  f"{config.workers} worker(s){' per model' if multi else ''}"
-                 f"{f' x {config.threads} threads' if config.threads > 1 else ''}, timeout {config.timeout} s, "
+                 f"{f' x {config.worker_threads} threads' if config.worker_threads > 1 else ''}, "
+                 f"{f'batching up to {config.batch_size} requests within {config.batch_delay * 1000:g} ms, ' if config.batching else ''}"
+                 f"timeout {config.timeout} s, "
                  f"{'app ' + config.app if config.app else 'handlers from ' + str(self.code_dir or 'each model')}"
                  f"{' (each model: its own code/ first)' if multi and self.code_dir else ''}")
         # nginx and gunicorn run as SMSUPER_USER (init/privileges.py); the runtime directory is theirs.

@@ -7,7 +7,8 @@ them at scrape time (multiproc.py) without importing prometheus_client.
 
   workers: request latency (until the body has been sent), the latency
            of each phase of an invocation (input, predict, output;
-           `transform` for a transform_fn), requests in flight, model load
+           `transform` for a transform_fn), requests in flight, the size of
+           each batch and each batched request's wait for it (batching.py), model load
            seconds; requests by route (the route table's labels, serve/routes.py) and status code
            only without nginx: with nginx in front PID 1 counts them from its
            access log (metrics/responses.py), nginx's own answers included;
@@ -48,6 +49,9 @@ from ..responses import HELP as REQUESTS_HELP
 # From a millisecond to the longest SAGEMAKER_MODEL_SERVER_TIMEOUT anyone uses.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    float("inf"))
+
+# Requests per batch: SMSUPER_BATCH_SIZE is at most 256.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, float("inf"))
 
 # Streams may last up to an hour (SMSUPER_STREAM_TIMEOUT, async's longest invocation).
 STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
@@ -113,6 +117,12 @@ class _Metrics:
         self.stream_chunks = Counter("smsuper_stream_chunks", "Chunks of streamed answers sent.")
         self.stream_bytes = Counter("smsuper_stream_bytes", "Bytes of streamed answers sent (without the "
                                     "chunked encoding's framing).")
+        # Server-side batching (serve/worker/batching.py): recorded once per batch, by its dispatcher.
+        self.batch_size = Histogram("smsuper_batch_size", "Requests predicted together in one call "
+                                    "(SMSUPER_BATCH_SIZE > 1).", buckets=BATCH_SIZE_BUCKETS)
+        self.batch_wait = Histogram("smsuper_batch_wait_seconds", "Seconds each batched request waited for "
+                                    "its batch to be sent to the model (at most SMSUPER_BATCH_DELAY_MS).",
+                                    buckets=LATENCY_BUCKETS)
         self._counted: Dict[Tuple[str, str], Any] = {}
         # Bounded label values: the route table's labels, everything else is "other".
         self.labels = routes.labels()
@@ -340,6 +350,16 @@ def stream_ended(first_byte: Optional[float], seconds: float, chunks: int, sent:
     if chunks:
         _state.stream_chunks.inc(chunks)
         _state.stream_bytes.inc(sent)
+
+
+def batch_sent(waits: Iterable[float]) -> None:
+    """A batch went to the model: `waits`, the seconds each of its requests waited for it."""
+    if _state is None:
+        return
+    waits = list(waits)
+    _state.batch_size.observe(len(waits))
+    for seconds in waits:
+        _state.batch_wait.observe(seconds)
 
 
 def model_loaded(seconds: float) -> None:

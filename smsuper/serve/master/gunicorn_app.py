@@ -62,6 +62,8 @@ from . import gpus
 
 PROC_NAME = "smsuper serve"
 KEEPALIVE_WORKER = "smsuper.serve.worker.keepalive_worker.KeepAliveWorker"
+# gthread with a stop signal for the batcher (batching.py): its threads receive a batch's requests.
+BATCHING_WORKER = "smsuper.serve.worker.batching_worker.BatchingWorker"
 # Behind nginx, which bounds the request line and every header line itself (nginx.HEADER_BUFFER)
 # and answers in JSON, gunicorn's own limits must be out of reach: its errors are HTML pages
 # (431 for more than 100 headers, 400 for a line over 4094 bytes). 0 is gunicorn's largest
@@ -405,7 +407,7 @@ class ServeApplication(BaseApplication):
             "bind": [self.bind],
             "workers": config.workers,
             "worker_class": self.worker_class(),
-            "threads": config.threads,
+            "threads": config.worker_threads,
             "timeout": config.worker_timeout,
             "graceful_timeout": int(config.stop_deadline),
             "keepalive": timeouts.WORKER_KEEPALIVE,
@@ -426,6 +428,8 @@ class ServeApplication(BaseApplication):
         return options
 
     def worker_class(self) -> str:
+        if self.config.batching:
+            return BATCHING_WORKER
         if self.config.threads > 1:
             return "gthread"
         # Behind nginx only: it is the client that keeps connections the way the worker expects.

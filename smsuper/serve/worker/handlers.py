@@ -8,6 +8,15 @@ then /opt/ml/code. It may define:
   input_fn(body, content_type)                       -> data      (default: codecs.decode)
   predict_fn(data, model)                            -> prediction
         (default: model.predict(data), else model(data))
+  predict_batch_fn(inputs, model)                    -> list of predictions
+        (server-side batching, SMSUPER_BATCH_SIZE > 1: `inputs` is the list of
+        a batch's decoded inputs, one per request; it returns one prediction per
+        input, in order, and an item that is an exception fails its request
+        alone. Without it a batch's inputs are stacked for predict_fn when they
+        are numpy arrays of 2 or more dimensions with the same row shape, and the
+        prediction is split by each request's row count; inputs that do not
+        stack are predicted one by one. With batching off, a module with only
+        predict_batch_fn is called with a list of one: batching.py)
   output_fn(prediction, accept)                      -> body      (default: codecs.encode)
   transform_fn(model, body, content_type, accept)    -> body      (instead of the three above)
   execution_parameters_fn()                          -> dict      (answers /execution-parameters)
@@ -129,6 +138,9 @@ class Handlers:
         self.model_fn = find("model_fn", 1)
         self.input_fn = find("input_fn", 2)
         self.predict_fn = find("predict_fn", 2)
+        self.predict_batch_fn = find("predict_batch_fn", 2)
+        # Set by the service when SMSUPER_BATCH_SIZE > 1 (batching.Batcher): predictions go through it.
+        self.batcher: Any = None
         self.output_fn = find("output_fn", 2)
         self.transform_fn = find("transform_fn", 4)
         self.execution_parameters_fn = find("execution_parameters_fn", 0)
@@ -168,6 +180,11 @@ class Handlers:
     def _predict(self, context: Context, data: Any, model: Any) -> Any:
         if self.predict_fn is not None:
             return call(self.predict_fn, context, data, model)
+        if self.predict_batch_fn is not None:
+            output = self._predict_batch(context, [data], model)[0]
+            if isinstance(output, BaseException):
+                raise output
+            return output
         try:
             if hasattr(model, "predict"):
                 return model.predict(data)
@@ -177,6 +194,59 @@ class Handlers:
             raise UserCodeError("the default predict_fn (model.predict / model())", error) from error
         raise ServeError("the handler module defines no predict_fn and the model has no predict() "
                          "and is not callable")
+
+    # ---- a batch of requests (batching.py) ---------------------------------------------
+    def predict_together(self, inputs: List[Any], model: Any) -> List[Any]:
+        """One prediction per input, from as few calls of the model as the inputs allow; an item
+        may be the exception that fails its request alone. The user's function gets a context of
+        its own (the batch's: no request's headers; output_fn sees each request's)."""
+        context = Context(model_dir=self.model_dir)
+        if self.predict_batch_fn is not None:
+            return self._predict_batch(context, inputs, model)
+        if len(inputs) == 1:
+            return [self._predict(context, inputs[0], model)]
+        rows = _row_counts(inputs)
+        if rows is None:  # nothing to stack: each on its own, and each failure its own
+            outputs: List[Any] = []
+            for data in inputs:
+                try:
+                    outputs.append(self._predict(context, data, model))
+                except Exception as error:
+                    outputs.append(error)
+            return outputs
+        np = codecs.numpy_module()
+        prediction = self._predict(context, np.concatenate(inputs), model)
+        total = sum(rows)
+        try:
+            count = len(prediction)
+        except TypeError:
+            count = None
+        if count != total:
+            who = "predict_fn" if self.predict_fn is not None else "the default predict_fn (model.predict / model())"
+            got = f"{count} row{'' if count == 1 else 's'}" if count is not None else f"a {type(prediction).__name__}"
+            raise ServeError(f"{who} returned {got} for a batch of {len(inputs)} requests with {total} rows in "
+                             f"all (SMSUPER_BATCH_SIZE > 1 stacks the requests' rows): return one row per input "
+                             f"row, or define predict_batch_fn(inputs, model) to batch another way")
+        outputs = []
+        start = 0
+        for count in rows:
+            outputs.append(prediction[start:start + count])
+            start += count
+        return outputs
+
+    def _predict_batch(self, context: Context, inputs: List[Any], model: Any) -> List[Any]:
+        assert self.predict_batch_fn is not None
+        outputs = call(self.predict_batch_fn, context, inputs, model)
+        try:
+            outputs = list(outputs)
+        except TypeError:
+            outputs = None
+        if outputs is None or len(outputs) != len(inputs):
+            got = f"{len(outputs)} items" if outputs is not None else "no list"
+            raise ServeError(f"predict_batch_fn returned {got} for {len(inputs)} inputs: it must return a list "
+                             f"with one prediction per input, in order")
+        return [UserCodeError("predict_batch_fn", output) if isinstance(output, Exception) else output
+                for output in outputs]
 
     def invoke(self, model: Any, request: Request, session: Any = None) -> Answer:
         """Run one prediction; `session`: the request's stateful session (sessions.py), if any."""
@@ -198,7 +268,10 @@ class Handlers:
         else:
             data = decode(body, self.json_allow_nan)
         decoded = clock()
-        prediction = self._predict(context, data, model)
+        if self.batcher is None:
+            prediction = self._predict(context, data, model)
+        else:  # waits for its batch: the predict phase counts the wait
+            prediction = self.batcher.predict(data)
         predicted = clock()
         if self.output_fn is None:
             # A generator is streamed as it is, not encoded whole.
@@ -237,6 +310,22 @@ class Handlers:
             return codecs.encode(value, negotiation.media_type(content_type), self.json_allow_nan)
         raise ServeError(f"the handler returned a {type(value).__name__}, which cannot be sent as "
                          f"{content_type}: return bytes or str")
+
+
+def _row_counts(inputs: List[Any]) -> Optional[List[int]]:
+    """Each input's rows, if all are numpy arrays that stack into one (2-D or more, one row shape)."""
+    np = codecs.numpy_module()
+    if np is None:
+        return None
+    shape = None
+    for data in inputs:
+        if not isinstance(data, np.ndarray) or data.ndim < 2:
+            return None
+        if shape is None:
+            shape = data.shape[1:]
+        elif data.shape[1:] != shape:
+            return None
+    return [len(data) for data in inputs]
 
 
 def _answer(body: Any, content_type: Optional[str], context: Context, phases: Phases, status: int = 200,

@@ -75,6 +75,21 @@ class ModelService(LoadState):
         self.sessions = SessionStore(os.path.join(place, "sessions"), self.config.sessions_expiration)
         self.sessions.start_sweeping()
 
+    def _start_batching(self) -> None:
+        """SMSUPER_BATCH_SIZE > 1: predictions go through this process's Batcher (batching.py)."""
+        handlers = self.handlers
+        if not self.config.batching or handlers is None:
+            return
+        if handlers.transform_fn is not None:
+            log.warning(f"SMSUPER_BATCH_SIZE={self.config.batch_size} has no effect: the handler module defines "
+                        f"transform_fn, which decodes, predicts and encodes each request in one call; define "
+                        f"input_fn, predict_fn (or predict_batch_fn) and output_fn to batch")
+            return
+        from .batching import Batcher
+
+        handlers.batcher = Batcher(self.config.batch_size, self.config.batch_delay,
+                                   lambda inputs: handlers.predict_together(inputs, self.model))
+
     def load(self) -> None:
         self._status(LOADING, "the model is loading")
         step = "importing the handler module"
@@ -85,6 +100,7 @@ class ModelService(LoadState):
             step = "model_fn"
             codecs.numpy_module()  # import numpy now, not during the first request
             self.model = self.handlers.load_model(self.config.model_dir)
+            self._start_batching()
             step = "opening the session store (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
             self._open_sessions()
         except BaseException as error:  # SystemExit from a user module is a load failure too
@@ -154,7 +170,8 @@ class ModelService(LoadState):
             return Answer.error(426, f"{request.path} is a WebSocket (RFC 6455): open it with "
                                      f"Upgrade: websocket", [("Upgrade", "websocket")])
         return Answer.error(501, "bidirectional streams are served by the sync workers behind nginx: not with "
-                                 "SMSUPER_WORKER_THREADS > 1, nor without nginx")
+                                 "SMSUPER_WORKER_THREADS > 1 or SMSUPER_BATCH_SIZE > 1, nor "
+                                 "without nginx")
 
     def execution_parameters(self, request: Request) -> Answer:
         function = self.handlers.execution_parameters_fn if self.handlers else None
