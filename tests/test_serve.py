@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import WAIT_LIMIT, background, eventually, free_port, host_pid, in_flight, nginx_writing
+from helpers import WAIT_LIMIT, background, eventually, free_port, host_pid, in_flight, nginx_writing, tiny_wheel
 
 SIX_MIB = 6 * 1024 * 1024
 
