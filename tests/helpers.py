@@ -106,9 +106,17 @@ def wait_for_ping(port: int, proc: Optional[subprocess.Popen] = None, limit: flo
 
 
 def stop(proc: subprocess.Popen, limit: float = WAIT_LIMIT) -> bytes:
-    """SIGTERM (the platform's stop) then, at the limit, SIGKILL; returns what it wrote to stderr."""
+    """SIGTERM (the platform's stop) then, at the limit, SIGKILL; returns what it wrote to stderr.
+
+    Started through `in_namespace`, the SIGTERM goes to the namespace's PID 1: unshare itself
+    ignores SIGTERM while it waits for its child, so the stop would only ever be the SIGKILL."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        args = proc.args if isinstance(proc.args, (list, tuple)) else [proc.args]
+        inits = children_of(proc.pid) if os.path.basename(str(args[0])) == "unshare" else []
+        try:
+            os.kill(inits[0] if inits else proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     try:
         _, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
