@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 
 from .. import log
+from ..init.loop_connection import LoopConnection
 from .exposition import CONTENT_TYPE
 
 TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
@@ -106,28 +107,14 @@ class MetricsServer:
         self.connections.pop(connection.fd, None)
 
 
-class _Connection:
+class _Connection(LoopConnection):
     def __init__(self, server: MetricsServer, sock: socket.socket):
-        sock.setblocking(False)
         self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.received = b""
-        self.outgoing = memoryview(b"")
-        self.writing = False
-        self.closed = False
-        server.loop.add_reader(self.fd, self._readable, chore=True)
-        self.timer = server.loop.call_later(IDLE_TIMEOUT, self.close, chore=True)
+        super().__init__(server.loop, sock, IDLE_TIMEOUT, server.forget, chore=True)
 
     def _readable(self) -> None:
-        try:
-            data = self.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        data = self._receive(4096)
         if not data:
-            self.close()
             return
         self.received += data
         end = self.received.find(b"\r\n\r\n")
@@ -135,38 +122,7 @@ class _Connection:
             end = self.received.find(b"\n\n")
         if end < 0:
             if len(self.received) > MAX_REQUEST_HEAD:
-                self._send(_response("431 Request Header Fields Too Large", b"request head too large\n"))
+                self.send(_response("431 Request Header Fields Too Large", b"request head too large\n"))
             return
-        self._send(self.server.answer(self.received[:end]))
+        self.send(self.server.answer(self.received[:end]))
 
-    def _send(self, response: bytes) -> None:
-        self.server.loop.remove_reader(self.fd)  # the request body, if any, is not needed
-        self.outgoing = memoryview(response)
-        self._writable()
-
-    def _writable(self) -> None:
-        try:
-            sent = self.sock.send(self.outgoing)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        self.outgoing = self.outgoing[sent:]
-        if not self.outgoing:
-            self.close()
-        elif not self.writing:
-            self.writing = True
-            self.server.loop.add_writer(self.fd, self._writable, chore=True)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.timer.cancel()
-        self.server.loop.remove_reader(self.fd)  # removes a writer watch as well
-        self.server.forget(self)
-        try:
-            self.sock.close()
-        except OSError:
-            pass

@@ -22,6 +22,7 @@ import socket
 from urllib.parse import parse_qs, unquote
 
 from ... import log
+from ...init.loop_connection import LoopConnection
 from . import names
 from .manager import MAX_PAGE
 
@@ -123,35 +124,21 @@ class ManagementServer:
         self.connections.pop(connection.fd, None)
 
 
-class _Connection:
+class _Connection(LoopConnection):
     def __init__(self, server: ManagementServer, sock: socket.socket):
-        sock.setblocking(False)
         self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.received = b""
         self.head: Optional[tuple] = None  # (method, target, headers, body length)
-        self.outgoing = memoryview(b"")
-        self.writing = False
         self.answered = False
-        self.closed = False
-        server.loop.add_reader(self.fd, self._readable)
-        self.timer = server.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+        super().__init__(server.loop, sock, REQUEST_TIMEOUT, server.forget)
 
-    def _too_slow(self) -> None:
+    def _timed_out(self) -> None:
         if self.head is None or len(self.received) < self.head[3]:
             self.close()
 
     def _readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        data = self._receive(65536)
         if not data:
-            self.close()  # gone before its answer: a pending load goes on, its answer is dropped
-            return
+            return  # gone before its answer (closed): a pending load goes on, its answer is dropped
         self.received += data
         if self.head is None and not self._parse_head():
             return
@@ -195,7 +182,6 @@ class _Connection:
         return True
 
     def _refuse(self, status: int, message: str) -> None:
-        self.server.loop.remove_reader(self.fd)
         self.respond(status, {"error": message})
 
     def respond(self, status: int, body: dict) -> None:
@@ -205,32 +191,4 @@ class _Connection:
         payload = json.dumps(body).encode("utf-8")
         head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
-        self.outgoing = memoryview(head.encode("latin-1") + payload)
-        self._writable()
-
-    def _writable(self) -> None:
-        try:
-            sent = self.sock.send(self.outgoing)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        self.outgoing = self.outgoing[sent:]
-        if not self.outgoing:
-            self.close()
-        elif not self.writing:
-            self.writing = True
-            self.server.loop.add_writer(self.fd, self._writable)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.timer.cancel()
-        self.server.loop.remove_reader(self.fd)
-        self.server.forget(self)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.send(head.encode("latin-1") + payload)
