@@ -16,12 +16,12 @@ from __future__ import annotations
 import socket
 
 from .. import log
-from ..init.loop_connection import LoopConnection
+from ..init.loop_connection import LoopConnection, LoopServer
 from .exposition import CONTENT_TYPE
 
 TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
 if TYPE_CHECKING:
-    from typing import Callable, Dict
+    from typing import Callable
 
 MAX_REQUEST_HEAD = 8192
 MAX_CONNECTIONS = 16
@@ -60,31 +60,16 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
     return head.encode("latin-1") + (b"" if head_only else body)
 
 
-class MetricsServer:
+class MetricsServer(LoopServer):
     """Serves `render()` at /metrics on `port`; `loop` is the Supervisor (add_reader, add_writer, call_later)."""
 
     def __init__(self, loop, port: int, render: Callable[[], bytes]):
-        self.loop = loop
         self.render = render
-        self.listener = listen(port)
+        super().__init__(loop, listen(port), MAX_CONNECTIONS, "metrics endpoint", chore=True)
         self.port = self.listener.getsockname()[1]
-        self.connections: Dict[int, _Connection] = {}
-        loop.add_reader(self.listener.fileno(), self._accept, chore=True)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # EMFILE and the like: try again on the next wake-up
-                log.debug(f"metrics endpoint: accept failed: {error}")
-                return
-            if len(self.connections) >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            connection = _Connection(self, sock)
-            self.connections[connection.fd] = connection
+    def connect(self, sock: socket.socket) -> "_Connection":
+        return _Connection(self, sock)
 
     def answer(self, head: bytes) -> bytes:
         """The whole response to one request head."""
@@ -102,9 +87,6 @@ class MetricsServer:
             log.warning(f"metrics endpoint: rendering failed: {type(error).__name__}: {error}")
             return _response("500 Internal Server Error", b"rendering the metrics failed\n")
         return _response("200 OK", body, CONTENT_TYPE, head_only=method == "HEAD")
-
-    def forget(self, connection: "_Connection") -> None:
-        self.connections.pop(connection.fd, None)
 
 
 class _Connection(LoopConnection):

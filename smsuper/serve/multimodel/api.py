@@ -22,7 +22,7 @@ import socket
 from urllib.parse import parse_qs, unquote
 
 from ... import log
-from ...init.loop_connection import LoopConnection
+from ...init.loop_connection import LoopConnection, LoopServer
 from . import names
 from .manager import MAX_PAGE
 
@@ -54,28 +54,13 @@ def listen(path: str, owner) -> socket.socket:
     return listener
 
 
-class ManagementServer:
+class ManagementServer(LoopServer):
     def __init__(self, loop, path: str, owner, manager):
-        self.loop = loop
         self.manager = manager
-        self.listener = listen(path, owner)
-        self.connections: Dict[int, _Connection] = {}
-        loop.add_reader(self.listener.fileno(), self._accept)
+        super().__init__(loop, listen(path, owner), MAX_CONNECTIONS, "management API")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                log.debug(f"management API: accept failed: {error}")
-                return
-            if len(self.connections) >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            connection = _Connection(self, sock)
-            self.connections[connection.fd] = connection
+    def connect(self, sock: socket.socket) -> "_Connection":
+        return _Connection(self, sock)
 
     def handle(self, method: str, target: str, headers: Dict[str, str], body: bytes, respond) -> None:
         path, _, query = target.partition("?")
@@ -119,9 +104,6 @@ class ManagementServer:
         if token and not names.valid(token):
             return 400, {"error": "next_page_token must be a token from an earlier page (nextPageToken)"}
         return self.manager.listing(min(int(raw_limit), MAX_PAGE), token)
-
-    def forget(self, connection: "_Connection") -> None:
-        self.connections.pop(connection.fd, None)
 
 
 class _Connection(LoopConnection):
