@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import stacks  # noqa: E402
-from run import build_id, build_into, others_can_run  # noqa: E402
+from run import build_into, unpacked_context  # noqa: E402
 
 CONNECTIONS = 64
 FEATURES = 20
@@ -164,12 +164,7 @@ def main(argv: List[str]) -> int:
         build_into(pyz)
         os.chmod(pyz, 0o644)
         shutil.copytree(stacks.APPS, workdir / "apps")
-        cache = workdir / "cache"
-        cache.mkdir(mode=0o755)
-        harness.timed_run([args.python, str(pyz), "--version"], dict(os.environ, SMSUPER_CACHE_DIR=str(cache)))
-        tree = next(cache.glob(f"{build_id(pyz)}-*"))
-        ctx = stacks.Context(workdir, pyz, args.python, cache, tree,
-                             "nobody" if others_can_run(args.python) else "root")
+        ctx = unpacked_context(workdir, pyz, args.python)
         everything: Dict[str, Dict] = {}
         for model in args.models.split(","):
             everything[model] = figure_for(ctx, model_base(workdir, args.python, model), model, rounds, seconds)

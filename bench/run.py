@@ -80,6 +80,16 @@ def others_can_run(program: str) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in path.parents)
 
 
+def unpacked_context(workdir: Path, pyz: Path, python: str) -> stacks.Context:
+    """The stacks' context for a figure module of its own: `pyz` unpacked once into
+    workdir/cache (its tree gives every stack the same gunicorn and Flask)."""
+    cache = workdir / "cache"
+    cache.mkdir(mode=0o755)
+    harness.timed_run([python, str(pyz), "--version"], dict(os.environ, SMSUPER_CACHE_DIR=str(cache)))
+    tree = next(cache.glob(f"{build_id(pyz)}-*"))
+    return stacks.Context(workdir, pyz, python, cache, tree, "nobody" if others_can_run(python) else "root")
+
+
 def bench_venv(base_python: str) -> Dict[str, object]:
     """The benchmark's own venv (bench/requirements.txt: the official toolkit, multi-model-server,
     scikit-learn, pandas), made or checked by scripts/install-bench-deps.sh from the same base

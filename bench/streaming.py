@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import stacks  # noqa: E402
-from run import build_id, build_into, make_venv, others_can_run  # noqa: E402
+from run import build_into, make_venv, unpacked_context  # noqa: E402
 
 CHUNKS = 20000
 TTFB_REQUESTS = 200
@@ -105,11 +105,7 @@ def main(argv: List[str]) -> int:
         shutil.copytree(stacks.APPS, workdir / "apps")
         os.chmod(workdir / "apps", 0o755)
         python = make_venv(args.python, workdir / "venv")
-        cache = workdir / "cache"
-        cache.mkdir(mode=0o755)
-        harness.timed_run([python, str(pyz), "--version"], dict(os.environ, SMSUPER_CACHE_DIR=str(cache)))
-        tree = next(cache.glob(f"{build_id(pyz)}-*"))
-        ctx = stacks.Context(workdir, pyz, python, cache, tree, "nobody" if others_can_run(python) else "root")
+        ctx = unpacked_context(workdir, pyz, python)
         results: Dict[str, Dict] = {}
         for stack in (StreamSmsuper(ctx, model="stream"), StreamBare(ctx)):
             with stack:
