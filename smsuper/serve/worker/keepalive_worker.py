@@ -42,6 +42,11 @@ while it serves a request from it, touches its heartbeat at least every
 NOTIFY_EVERY when idle, and shuts a connection down when it closes it (the
 guard's copy would keep it open for nginx otherwise).
 
+The request's bytes are read, and the answer's written, by lean_http.py for the one
+shape nginx sends (a Content-Length body, plain token headers): gunicorn's parser and
+wsgi.create cost a trivial request more CPU than the whole rest of the HTTP layer. Any
+other request goes to gunicorn's parser with the bytes read so far, as before.
+
 A request that opens a bidirectional stream (a WebSocket upgrade, worker/websocket.py)
 is not served here: its connection goes to the worker's StreamServer, whose threads
 serve it while this loop goes on with requests. SIGWINCH (from the master's SIGTERM)
@@ -51,6 +56,7 @@ asks the streams to finish; the worker's exit waits for them.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -60,11 +66,13 @@ from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 from gunicorn import http, util
+from gunicorn.config import PreRequest
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
 from .. import timeouts
 from ..nginx import PROXY_BUFFER
+from . import lean_http
 from .rescue import NOTIFY_EVERY, Guard, Locks
 
 # A request running this long hands the worker's idle connections to the others.
@@ -78,6 +86,13 @@ _FD_BATCH = 32  # descriptors per hand-over datagram
 HEADER_ROOM = PROXY_BUFFER - 1024
 
 
+PRE_REQUEST_DEFAULT = PreRequest.default
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
 class _HeadersTooLarge(Exception):
     pass
 
@@ -87,21 +102,21 @@ def _header_bytes(resp: Any) -> int:
 
 
 class _Kept:
-    """A connection between requests: its parser (it may hold bytes already read) and origin."""
+    """A connection between requests: the bytes read ahead of its next request, and its origin."""
 
-    __slots__ = ("parser", "listener", "addr", "idle_since", "inode")
+    __slots__ = ("reader", "listener", "addr", "idle_since", "inode")
 
-    def __init__(self, parser: Any, listener: Any, addr: Any, inode: int):
-        self.parser = parser
+    def __init__(self, listener: Any, addr: Any, inode: int):
+        self.reader = lean_http.Reader()
         self.listener = listener
         self.addr = addr
         self.idle_since = time.monotonic()
         self.inode = inode  # the connection's name in every process (rescue.py's locks)
 
     def clean(self) -> bool:
-        """Whether a fresh parser in another process could continue it: nothing read ahead
-        (nginx never pipelines, so this is the rule; the last body was discarded already)."""
-        return self.parser.unreader.buf.seek(0, os.SEEK_END) == 0
+        """Whether another process could continue it: nothing read ahead (nginx never
+        pipelines, so this is the rule; the last body was discarded already)."""
+        return not self.reader.buf
 
 
 class _DateHeader:
@@ -218,6 +233,17 @@ class KeepAliveWorker(SyncWorker):
         # gunicorn's access log is off (nginx writes it); asking per request costs 5 lookups.
         self.logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict or cfg.syslog
                                 or getattr(cfg, "logconfig_json", None))
+        # The lean reader (lean_http.py) serves what nginx sends. Behind nginx none of these is
+        # ever set (master/gunicorn_app.py); each would need gunicorn's parser for every request.
+        self.lean = not (self.logs_access or cfg.is_ssl or cfg.proxy_protocol or cfg.secure_scheme_headers)
+        self.environ = lean_http.Environ(cfg)
+        self.pre_request, self.post_request = cfg.pre_request, cfg.post_request  # a lookup each, else
+        error_log = getattr(self.log, "error_log", None)
+        if cfg.pre_request is PRE_REQUEST_DEFAULT and error_log is not None and not error_log.isEnabledFor(logging.DEBUG):
+            self.pre_request = _nothing  # gunicorn's own only logs the request line at debug level
+        limit_fields = cfg.limit_request_fields
+        self.max_fields = limit_fields if 0 < limit_fields <= 32768 else 32768
+        self.max_field_size = cfg.limit_request_field_size if cfg.limit_request_field_size > 0 else 0
         self.kept: Dict[socket.socket, _Kept] = {}
         self.kept_lock = threading.Lock()
         self.busy_since: Optional[float] = None
@@ -230,7 +256,14 @@ class KeepAliveWorker(SyncWorker):
         hand_over = self.hand_over
         assert hand_over is not None
         while self.alive:
-            self.notify()
+            # A system call each: under load a pass serves one request, and a heartbeat as old as
+            # half of NOTIFY_EVERY is still fresh (an idle pass waits at most `timeout`).
+            now = time.monotonic()
+            if now - self.notified_at >= NOTIFY_EVERY / 2:
+                self.notified_at = now
+                self.notify()
+                if not self.is_parent_alive():
+                    break
             if self.stop_streams and self.streams is not None:
                 self.streams.request_stop()
             with self.kept_lock:
@@ -259,8 +292,7 @@ class KeepAliveWorker(SyncWorker):
                     with self.kept_lock:
                         for taken in hand_over.receive():
                             # A unix socket's peer has no address; gunicorn's own accept() says "" too.
-                            self.kept[taken] = _Kept(http.RequestParser(self.cfg, taken, ""), self.sockets[0], "",
-                                                     self._gained(taken))
+                            self.kept[taken] = _Kept(self.sockets[0], "", self._gained(taken))
                 elif sock == self.PIPE[0]:
                     try:
                         os.read(self.PIPE[0], 4096)
@@ -271,8 +303,6 @@ class KeepAliveWorker(SyncWorker):
                         if not self.alive or not self._accept(sock):
                             break
             self._close_stale()
-            if not self.is_parent_alive():
-                break
         # Retiring: the others take what this worker keeps (at a stop, nginx has closed it all).
         self._hand_over_kept()
         if self.streams is not None:
@@ -348,7 +378,7 @@ class KeepAliveWorker(SyncWorker):
             raise
         client.setblocking(1)
         util.close_on_exec(client)
-        self._serve(client, _Kept(http.RequestParser(self.cfg, client, addr), listener, addr, self._gained(client)))
+        self._serve(client, _Kept(listener, addr, self._gained(client)))
         return True
 
     def _close_stale(self) -> None:
@@ -364,26 +394,34 @@ class KeepAliveWorker(SyncWorker):
                 _shut(sock)
 
     def _serve(self, client: socket.socket, state: _Kept) -> None:
-        """One request from this connection; the connection is kept if it stays open."""
+        """The next request from this connection, and any read with it already (a client that
+        pipelines: no select() would wake up for those); the connection is kept if it stays open."""
+        while self._serve_one(client, state):
+            pass
+
+    def _serve_one(self, client: socket.socket, state: _Kept) -> bool:
+        """One request from this connection; True when the next one is buffered already (then
+        the connection is neither kept nor closed yet)."""
         req = None
         keep = False
         if not self._claim(state.inode):
             util.close(client)  # its guard is taking it back (this worker did not run for a while)
-            return
+            return False
         self.serving = client
         self.busy_since = time.monotonic()
         if not self.request_began.is_set():
             self.request_began.set()
+        parser = None
         try:
-            req = next(state.parser)
-            if self.streams is not None and self.streams.claims(req):
+            req, parser = self._read_request(client, state)
+            if parser is not None and self.streams is not None and self.streams.claims(req):
                 # The connection is the stream's from here on: neither kept nor closed by this loop,
                 # nor ever taken back by the guard (told before the lock goes: rescue.py).
                 if self.guard is not None:
                     self.guard.gave_away([state.inode])
                 self._release(state.inode)
-                self.streams.take(client, req, state.parser.unreader.buf.getvalue())
-                return
+                self.streams.take(client, req, parser.unreader.buf.getvalue())
+                return False
             keep = self._handle_request(state.listener, req, client, state.addr)
         except (http.errors.NoMoreData, StopIteration):
             pass  # nginx closed it (idle, or it is quitting)
@@ -395,33 +433,64 @@ class KeepAliveWorker(SyncWorker):
         finally:
             self.busy_since = None
             self.serving = None
-        if keep:
+        if keep and parser is not None:
             try:
                 while req.body.read(8192):  # what the app left unread, so the next request starts clean
                     pass
             except (OSError, http.errors.NoMoreData):
                 keep = False
+            state.reader.buf = parser.unreader.buf.getvalue()  # read beyond that body, if anything
         now = time.monotonic()
         if now - self.notified_at >= NOTIFY_EVERY:  # a pass serving many requests is not a stuck worker
             self.notified_at = now
             self.notify()
         # At once: a worker stopped while it holds the lock keeps that connection from its guard.
         self._release(state.inode)
+        if keep and state.reader.buf and self.alive:
+            return True
         if keep:
             state.idle_since = now
             with self.kept_lock:
                 self.kept[client] = state
         else:
             _shut(client)
+        return False
+
+    def _read_request(self, client: socket.socket, state: _Kept) -> Any:
+        """The connection's next request, and the gunicorn parser that read it (None when the lean
+        reader did: then its body is read whole, and what follows it stays in state.reader)."""
+        reader = state.reader
+        buf, end = reader.read_head(client)
+        if not buf:
+            raise StopIteration()  # nginx closed it between requests
+        if end > 0 and self.lean:
+            req = lean_http.parse_head(buf[:end], self.max_fields, self.max_field_size)
+            if req is not None:
+                body = reader.read_body(client, buf, end, req.content_length)
+                if body is None:
+                    raise http.errors.NoMoreData(b"")  # closed in the middle of the body
+                req.body = body
+                req.peer_addr = req.remote_addr = state.addr
+                return req, None
+        # Not of nginx's shape: gunicorn's parser reads it, from the bytes read so far on.
+        parser = http.RequestParser(self.cfg, client, state.addr)
+        parser.unreader.unread(buf)
+        reader.buf = b""
+        return next(parser), parser
 
     def _handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> bool:
         """SyncWorker.handle_request, except the connection may stay open; returns whether it does."""
         environ: Dict[str, Any] = {}
         resp = None
         try:
-            self.cfg.pre_request(self, req)
+            self.pre_request(self, req)
             request_start = datetime.now() if self.logs_access else None
-            resp, environ = wsgi.create(req, client, addr, listener.getsockname(), self.cfg)
+            if isinstance(req, lean_http.LeanRequest):
+                environ = self.environ.create(req, req.body, client, addr, listener)
+                req.body = environ["wsgi.input"]
+            else:
+                environ = wsgi.create(req, client, addr, listener.getsockname(), self.cfg)[1]
+            resp = lean_http.Response(req, client, self.cfg)
             self.nr += 1
             if self.nr >= self.max_requests:
                 self.log.info("Autorestarting worker after current request.")
@@ -464,6 +533,6 @@ class KeepAliveWorker(SyncWorker):
             raise
         finally:
             try:
-                self.cfg.post_request(self, req, environ, resp)
+                self.post_request(self, req, environ, resp)
             except Exception:
                 self.log.exception("Exception in post_request hook")
