@@ -164,6 +164,12 @@ ANSWERS = [
                      ["close", None]]],
     ["POST", "1.1", [["start", ["200 OK", [["Content-Length", "0"]]]], ["write", ""], ["close", None]]],
     ["POST", "1.1", [["start", ["200 OK", [["Content-Length", "3"]]]]]],
+] + 2 * [  # twice: the second time with what each name means remembered
+    ["GET", "1.1", [["start", ["101 Switching Protocols", [["Connection", "Upgrade"], ["Upgrade", "websocket"],
+                                                           ["Keep-Alive", "timeout=5"], ["X-A", " padded\t"]]]],
+                    ["close", None]]],
+    ["POST", "1.1", [["start", ["200 OK", [["Connection", "close"], ["Content-Length", "1"]]]], ["write", "a"],
+                     ["close", None]]],
 ]
 
 

@@ -38,22 +38,21 @@ READ_SIZE = 65536
 # A head still incomplete after this many bytes goes to gunicorn's parser, which reads on and
 # answers it as it always did (nginx's own bound is 4 x 8 KiB: nginx.HEADER_BUFFERS).
 HEAD_LIMIT = 65536
-_VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
+_VERSIONS = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
 # Headers gunicorn gives a meaning beyond the environ: its parser handles them.
 _NOT_LEAN = frozenset((b"TRANSFER-ENCODING", b"EXPECT", b"UPGRADE"))
-# The bytes a request target and a header name may hold on the lean path: printable ASCII
-# without space (a target), and letters, digits and "-" (a name), so that nothing in them
-# reads differently to gunicorn's urlsplit, token regex or upper().
-_TARGET_BYTES = bytes(range(0x21, 0x7F))
+# What a request target and a header name may hold on the lean path: printable ASCII without
+# space (a target), and letters, digits and "-" (a name), so that nothing in them reads
+# differently to gunicorn's urlsplit, token regex or upper().
 _NAME_BYTES = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class LeanRequest:
     """What gunicorn's http.message.Request offers the worker, its hooks and handle_error."""
 
-    __slots__ = ("method", "uri", "path", "query", "fragment", "version", "headers", "body",
-                 "content_length", "must_close", "scheme", "proxy_protocol_info", "peer_addr",
-                 "remote_addr", "trailers", "req_number", "environ", "host", "connection")
+    __slots__ = ("method", "uri", "path", "query", "fragment", "version", "body", "content_length",
+                 "must_close", "scheme", "proxy_protocol_info", "peer_addr", "remote_addr", "trailers",
+                 "req_number", "environ", "host", "connection", "lines", "_headers")
 
     def __init__(self) -> None:
         self.must_close = False
@@ -61,6 +60,15 @@ class LeanRequest:
         self.proxy_protocol_info = None
         self.trailers: List[Tuple[str, str]] = []
         self.req_number = 1
+        self._headers: Optional[List[Tuple[str, str]]] = None
+
+    @property
+    def headers(self) -> List[Tuple[str, str]]:
+        """gunicorn's (NAME, value) list; made only when asked (by a hook, or an access log)."""
+        if self._headers is None:
+            self._headers = [((_names_of_text.get(raw) or _name(raw))[0], value.strip(" \t"))
+                             for raw, _, value in (line.partition(":") for line in self.lines)]
+        return self._headers
 
     def force_close(self) -> None:
         self.must_close = True
@@ -78,23 +86,27 @@ class LeanRequest:
         return self.version <= (1, 0)
 
 
-# Header names as nginx sends them, each with its name in gunicorn's headers and its key in the
-# environ, so that the usual few are not upper-cased and checked again for every request. Only
-# names that passed the check are kept, and at most _NAMES_KEPT of them (a client sending ever
-# new names must not grow it).
-_names: Dict[bytes, Tuple[str, str]] = {}
+# Header names as nginx sends them, each with its name in gunicorn's headers, its key in the
+# environ and what it means to the parser, so that the usual few are not upper-cased and checked
+# again for every request. Only names that passed the check are kept, and at most _NAMES_KEPT of
+# them (a client sending ever new names must not grow it).
+_PLAIN, _CONTENT_LENGTH, _CONTENT_TYPE, _HOST, _CONNECTION = range(5)
+_KINDS = {"CONTENT-LENGTH": (_CONTENT_LENGTH, "CONTENT_LENGTH"), "CONTENT-TYPE": (_CONTENT_TYPE, "CONTENT_TYPE"),
+          "HOST": (_HOST, "HTTP_HOST"), "CONNECTION": (_CONNECTION, "HTTP_CONNECTION")}
+_names_of_text: Dict[str, Tuple[str, str, int]] = {}
 _NAMES_KEPT = 256
-_ENVIRON_KEYS = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}
+_NAME_CHARS = _NAME_BYTES.decode("ascii")
+_NO_NAME_CHARS = str.maketrans("", "", _NAME_CHARS)
 
 
-def _name(raw: bytes) -> Optional[Tuple[str, str]]:
-    upper = raw.upper()
-    if not upper or upper.translate(None, _NAME_BYTES) or upper in _NOT_LEAN:
+def _name(raw: str) -> Optional[Tuple[str, str, int]]:
+    name = raw.upper()
+    if not name or not name.isascii() or name.translate(_NO_NAME_CHARS) or name.encode("ascii") in _NOT_LEAN:
         return None
-    name = upper.decode("ascii")
-    known = (name, _ENVIRON_KEYS.get(name) or "HTTP_" + name.replace("-", "_"))
-    if len(_names) < _NAMES_KEPT:
-        _names[raw] = known
+    kind, key = _KINDS.get(name) or (_PLAIN, "HTTP_" + name.replace("-", "_"))
+    known = (name, key, kind)
+    if len(_names_of_text) < _NAMES_KEPT:
+        _names_of_text[raw] = known
     return known
 
 
@@ -108,54 +120,55 @@ def parse_head(head: bytes, max_fields: int, max_field_size: int) -> Optional[Le
     """The request of this head (which ends with its blank line), or None when it is not of
     the shape nginx sends and gunicorn's parser must read it (see the module's docstring).
     The request's headers go into its `environ` as gunicorn's wsgi.create puts them there."""
+    # Latin-1, as gunicorn decodes each line: a byte per character, so the checks below hold.
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    count = len(lines) + 1
     # A lone CR or LF, or a NUL, anywhere: gunicorn's parser says what is wrong with it.
-    lines = head[:-4].split(b"\r\n")
-    if head.count(b"\r") != len(lines) + 1 or head.count(b"\n") != len(lines) + 1 or b"\0" in head:
+    if head.count(b"\r") != count or head.count(b"\n") != count or b"\0" in head:
         return None
-    line = lines[0]
-    if len(line) > MAX_REQUEST_LINE:
-        return None
-    parts = line.split(b" ")
-    if len(parts) != 3:
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or len(lines[0]) > MAX_REQUEST_LINE or count - 2 > max_fields:
         return None
     method, target, version = parts
-    if not (3 <= len(method) <= 20 and method.isalpha() and method.isupper()):
+    if not (3 <= len(method) <= 20 and method.isalpha() and method.isupper() and method.isascii()):
         return None
-    if not target.startswith(b"/") or target.startswith(b"//") or target.translate(None, _TARGET_BYTES):
+    if target[:1] != "/" or target[:2] == "//" or not target.isascii() or not target.isprintable() or " " in target:
         return None
     http_version = _VERSIONS.get(version)
-    if http_version is None or len(lines) - 1 > max_fields:
+    if http_version is None:
         return None
-    headers = []
+    del lines[0]
     environ: Dict[str, str] = {}
     content_length = host = connection = None
-    names = _names
-    del lines[0]
+    names = _names_of_text
     for line in lines:
-        raw, colon, value = line.partition(b":")
+        raw, colon, value = line.partition(":")
         known = names.get(raw) or _name(raw)
         if known is None or not colon or (max_field_size and len(line) + 2 > max_field_size):
             return None
-        name, key = known
-        value = value.strip(b" \t").decode("latin-1")
-        headers.append((name, value))
-        if key == "CONTENT_LENGTH":
-            if content_length is not None or not value.isdigit() or not value.isascii():
-                return None
-            content_length = int(value)
-        elif key != "CONTENT_TYPE":  # of several Content-Types the last counts, as in gunicorn
-            if name == "HOST":
+        value = value.strip(" \t")
+        kind = known[2]
+        if kind:
+            if kind == _CONTENT_LENGTH:
+                if content_length is not None or not value.isdigit() or not value.isascii():
+                    return None
+                content_length = int(value)
+                environ["CONTENT_LENGTH"] = value
+                continue
+            if kind == _CONTENT_TYPE:  # of several the last counts, as in gunicorn
+                environ["CONTENT_TYPE"] = value
+                continue
+            if kind == _HOST:
                 host = value  # the last one
-            elif name == "CONNECTION" and connection is None:
+            elif connection is None:
                 connection = value  # the first one decides (should_close)
-            if key in environ:
-                value = f"{environ[key]},{value}"
-        environ[key] = value
+        key = known[1]
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
     if content_length is not None and content_length > LEAN_BODY_LIMIT:
         return None
     req = LeanRequest()
-    req.method = method.decode("ascii")
-    req.uri = uri = target.decode("ascii")
+    req.method = method
+    req.uri = uri = target
     # urlsplit's split of an origin-form target: the fragment after the first "#", the query
     # after the first "?" before it.
     if "#" in uri:
@@ -164,7 +177,7 @@ def parse_head(head: bytes, max_fields: int, max_field_size: int) -> Optional[Le
         req.fragment = ""
     req.path, _, req.query = uri.partition("?")
     req.version = http_version
-    req.headers = headers
+    req.lines = lines
     req.environ = environ
     req.host = host
     req.connection = connection
@@ -279,6 +292,22 @@ class Environ:
         return environ
 
 
+# What each header name of an answer means to gunicorn's Response (process_headers), by name.
+_ANSWER_PLAIN, _ANSWER_LENGTH, _ANSWER_CONNECTION, _ANSWER_UPGRADE, _ANSWER_HOP = range(5)
+_answer_names: Dict[str, int] = {}
+_VALUE_CHARS = wsgi.HEADER_VALUE_RE.fullmatch
+
+
+def _answer_kind(name: str) -> int:
+    """Asked only of a name gunicorn's checks accepted."""
+    lname = name.lower()
+    if lname == "content-length":
+        return _ANSWER_LENGTH
+    if not util.is_hoppish(name):
+        return _ANSWER_PLAIN
+    return {"connection": _ANSWER_CONNECTION, "upgrade": _ANSWER_UPGRADE}.get(lname, _ANSWER_HOP)
+
+
 class Response(wsgi.Response):
     """gunicorn's response (its header checks, framing and keep-alive rules), except that the
     status line and headers go out with the first body bytes, in one send: one system call
@@ -286,11 +315,44 @@ class Response(wsgi.Response):
     reached the connection", so an app that fails before its first body bytes still gets
     gunicorn's 500 instead of a broken answer."""
 
+    def process_headers(self, headers: List[Tuple[str, str]]) -> None:
+        """gunicorn's checks and rules, with what a header name means remembered per name."""
+        kinds = _answer_names
+        for name, value in headers:
+            kind = kinds.get(name) if type(name) is str else None
+            if kind is None or type(value) is not str or not _VALUE_CHARS(value):
+                super().process_headers([(name, value)])  # its TypeError or InvalidHeader(Name), or a new name
+                if type(name) is str and len(kinds) < _NAMES_KEPT:
+                    kinds[name] = _answer_kind(name)
+                continue
+            value = value.strip(" \t")
+            if kind == _ANSWER_PLAIN:
+                self.headers.append((name, value))
+            elif kind == _ANSWER_LENGTH:
+                self.response_length = int(value)
+                self.headers.append((name, value))
+            elif kind == _ANSWER_CONNECTION:
+                if value.lower() == "upgrade":
+                    self.upgrade = True
+            elif kind == _ANSWER_UPGRADE:
+                if value.lower() == "websocket":
+                    self.headers.append((name, value))
+            # any other hop-by-hop header is left out, as gunicorn does
+
     def _head(self) -> bytes:
-        tosend = self.default_headers()
-        tosend.extend([f"{name}: {value}\r\n" for name, value in self.headers])
-        tosend.append("\r\n")
-        return "".join(tosend).encode("latin-1")
+        """default_headers() and the app's headers, as gunicorn's send_headers() joins them."""
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        major, minor = self.req.version
+        head = (f"HTTP/{major}.{minor} {self.status}\r\nServer: {self.version}\r\n"
+                f"Date: {util.http_date()}\r\nConnection: {connection}\r\n")
+        if self.chunked:
+            head += "Transfer-Encoding: chunked\r\n"
+        return (head + "".join([f"{name}: {value}\r\n" for name, value in self.headers]) + "\r\n").encode("latin-1")
 
     def send_headers(self) -> None:
         if not self.headers_sent:
