@@ -90,6 +90,7 @@ RELIED_ON = (
     ("gunicorn.http.wsgi.Response", "sent", None, "body bytes written so far (lean_http)"),
     ("gunicorn.http.errors", "ConfigurationProblem", None, "a path outside SCRIPT_NAME, as gunicorn's create() raises"),
     ("gunicorn.config.PreRequest", "default", None, "gunicorn's own pre_request hook, skipped unless logging at debug"),
+    ("gunicorn.config.PostRequest", "default", None, "gunicorn's own post_request hook (it does nothing), skipped"),
     ("gunicorn.config.Config", "is_ssl", None, "the lean reader serves plain HTTP only"),
     ("gunicorn.config.Config", "proxy_protocol", None, "the lean reader does not read PROXY lines"),
     ("gunicorn.config.Config", "secure_scheme_headers", None, "the lean reader has no scheme headers (none behind nginx)"),

@@ -66,7 +66,7 @@ from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 from gunicorn import http, util
-from gunicorn.config import PreRequest
+from gunicorn.config import PostRequest, PreRequest
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
@@ -87,6 +87,7 @@ HEADER_ROOM = PROXY_BUFFER - 1024
 
 
 PRE_REQUEST_DEFAULT = PreRequest.default
+POST_REQUEST_DEFAULT = PostRequest.default
 
 
 def _nothing(*args: Any) -> None:
@@ -98,7 +99,7 @@ class _HeadersTooLarge(Exception):
 
 
 def _header_bytes(resp: Any) -> int:
-    return len(resp.status) + sum(len(name) + len(value) + 4 for name, value in resp.headers)
+    return len(resp.status) + sum([len(name) + len(value) + 4 for name, value in resp.headers])
 
 
 class _Kept:
@@ -241,6 +242,8 @@ class KeepAliveWorker(SyncWorker):
         error_log = getattr(self.log, "error_log", None)
         if cfg.pre_request is PRE_REQUEST_DEFAULT and error_log is not None and not error_log.isEnabledFor(logging.DEBUG):
             self.pre_request = _nothing  # gunicorn's own only logs the request line at debug level
+        if cfg.post_request is POST_REQUEST_DEFAULT:
+            self.post_request = _nothing  # gunicorn's own does nothing
         limit_fields = cfg.limit_request_fields
         self.max_fields = limit_fields if 0 < limit_fields <= 32768 else 32768
         self.max_field_size = cfg.limit_request_field_size if cfg.limit_request_field_size > 0 else 0
