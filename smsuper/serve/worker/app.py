@@ -205,10 +205,14 @@ class ServingApp(Flask):
 
     def needs_dispatch(self) -> bool:
         """Something registered that only Flask's full dispatch runs."""
-        return bool(self.before_request_funcs or self.after_request_funcs or self.teardown_request_funcs
-                    or self.teardown_appcontext_funcs or self.url_value_preprocessors
-                    or self.url_default_functions or self.blueprints
-                    or any(signal.receivers for signal in _REQUEST_SIGNALS))
+        if self.before_request_funcs or self.after_request_funcs or self.teardown_request_funcs \
+                or self.teardown_appcontext_funcs or self.url_value_preprocessors or self.url_default_functions \
+                or self.blueprints:
+            return True
+        for signal in _REQUEST_SIGNALS:
+            if signal.receivers:
+                return True
+        return False
 
     def wsgi_app(self, environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
