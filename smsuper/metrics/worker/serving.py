@@ -168,7 +168,7 @@ class _LiveGauge:
     prometheus_client's; the file is read at each write, as it may be remapped when it grows.
     """
 
-    __slots__ = ("value", "lock", "pid", "position", "pack")
+    __slots__ = ("value", "lock", "pid", "file", "position", "pack")
 
     def __init__(self, gauge: Any):
         from prometheus_client.mmap_dict import _pack_two_doubles
@@ -176,20 +176,24 @@ class _LiveGauge:
         self.value = gauge._value
         self.lock = threading.Lock()  # gthread workers update it from several threads
         self.pid = 0
+        self.file: Any = None
         self.position: Optional[int] = None
         self.pack = _pack_two_doubles
 
     def add(self, amount: float) -> None:
         value = self.value
         with self.lock:
-            if self.pid != _pid[0]:
-                value.inc(0)  # a new process: prometheus_client opens its file (and makes the slot)
+            if self.pid != _pid[0] or value._file is not self.file:
+                # A new process (or another metric's update made prometheus_client notice it
+                # first): inc(0) makes it open this process's file and the slot.
+                value.inc(0)
+                self.file = value._file
                 # None: no room for the file or the slot (roomy_mmap.py): nothing is written.
-                self.position = getattr(value._file, "_positions", {}).get(value._key)
+                self.position = getattr(self.file, "_positions", {}).get(value._key)
                 self.pid = _pid[0]
             value._value += amount
             if self.position is not None:
-                self.pack(value._file._m, self.position, value._value, 0.0)
+                self.pack(self.file._m, self.position, value._value, 0.0)
 
 
 class _Batch:
