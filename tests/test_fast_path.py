@@ -25,6 +25,7 @@ GUNICORN = {"wsgi.input_terminated": True}
 
 HANDLERS = """
 import json
+import types
 
 class Teapot(Exception):
     status_code = 418
@@ -50,6 +51,8 @@ def predict_fn(data, model, context):
         context.set_response_header("Content-Length", "999")
     if data == "own-type":
         context.set_response_header("Content-Type", "text/x-mine")
+    if data == "bad-type":
+        context.set_response_header("Content-Type", "text/plain\\nX-Injected: 1")
     if data == "stream":
         return (str(i) for i in range(3))
     return data
@@ -59,8 +62,8 @@ def output_fn(prediction, accept, context):
         return "a,b", "text/csv"
     if prediction == "none":
         return b""
-    if isinstance(prediction, str):
-        return prediction
+    if isinstance(prediction, (str, types.GeneratorType)):
+        return prediction  # a generator is streamed
     return json.dumps(prediction)
 """
 
@@ -102,39 +105,41 @@ def _both(app, dispatched, capfd, method, path, **kwargs):
 
 
 CASES = [
-    # (method, path, request arguments, whether the shortcut takes it)
-    ("POST", "/invocations", {"data": b'{"a": [1, 2]}', "content_type": "application/json"}, True),
-    ("POST", "/invocations", {"data": b"pair", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"none", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"attributes", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"newline", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"own-length", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"own-type", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"stream", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"boom", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"teapot", "content_type": "text/plain"}, True),
-    ("POST", "/invocations", {"data": b"{not json", "content_type": "application/json"}, True),
+    # (method, path, request arguments, whether the shortcut takes it, the status both answer)
+    ("POST", "/invocations", {"data": b'{"a": [1, 2]}', "content_type": "application/json"}, True, 200),
+    ("POST", "/invocations", {"data": b"pair", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"none", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"attributes", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"newline", "content_type": "text/plain"}, True, 500),
+    ("POST", "/invocations", {"data": b"own-length", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"own-type", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"bad-type", "content_type": "text/plain"}, True, 500),
+    ("POST", "/invocations", {"data": b"stream", "content_type": "text/plain"}, True, 200),
+    ("POST", "/invocations", {"data": b"boom", "content_type": "text/plain"}, True, 500),
+    ("POST", "/invocations", {"data": b"teapot", "content_type": "text/plain"}, True, 418),
+    ("POST", "/invocations", {"data": b"{not json", "content_type": "application/json"}, True, 500),
     ("POST", "/invocations", {"data": b"[1]", "content_type": "application/json",
-                              "headers": {"Accept": "image/png"}}, True),
-    ("POST", "/invocations", {"data": b"[1]"}, True),  # no Content-Type
-    ("POST", "/invocations", {"data": b"x" * (2 * 1024 * 1024), "content_type": "text/plain"}, False),  # 413
-    ("GET", "/invocations", {}, False),  # 405
-    ("OPTIONS", "/invocations", {}, False),
-    ("GET", "/ping", {}, True),
-    ("HEAD", "/ping", {}, False),
-    ("POST", "/ping", {}, False),
-    ("GET", "/execution-parameters", {}, True),
-    ("GET", "/nowhere", {}, False),  # 404
-    ("GET", "/invocations/", {}, False),
+                              "headers": {"Accept": "image/png"}}, True, 200),
+    ("POST", "/invocations", {"data": b"[1]"}, True, 200),  # no Content-Type
+    ("POST", "/invocations", {"data": b"x" * (2 * 1024 * 1024), "content_type": "text/plain"}, False, 413),
+    ("GET", "/invocations", {}, False, 405),
+    ("OPTIONS", "/invocations", {}, False, 405),
+    ("GET", "/ping", {}, True, 200),
+    ("HEAD", "/ping", {}, False, 200),
+    ("POST", "/ping", {}, False, 405),
+    ("GET", "/execution-parameters", {}, True, 200),
+    ("GET", "/nowhere", {}, False, 404),
+    ("GET", "/invocations/", {}, False, 404),
 ]
 
 
-@pytest.mark.parametrize("method, path, kwargs, shortcut", CASES,
+@pytest.mark.parametrize("method, path, kwargs, shortcut, status", CASES,
                          ids=[f"{c[0]} {c[1]} {c[2].get('data', b'')[:12]!r}" for c in CASES])
-def test_the_shortcut_answers_as_flasks_dispatch_does(tmp_path, capfd, method, path, kwargs, shortcut):
+def test_the_shortcut_answers_as_flasks_dispatch_does(tmp_path, capfd, method, path, kwargs, shortcut, status):
     app, dispatched = _apps(tmp_path, HANDLERS, SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
     fast, full, took, fast_log, full_log = _both(app, dispatched, capfd, method, path, **kwargs)
     assert fast == full
+    assert int(fast[0][:3]) == status, fast
     assert took == shortcut
     assert _without_frames(fast_log) == _without_frames(full_log)
 

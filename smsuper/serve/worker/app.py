@@ -162,6 +162,9 @@ def _plain(answer: Answer, method: str) -> bool:
     status = answer.status
     if not (200 <= status < 600) or status == 204 or status == 304:
         return False
+    content_type = answer.content_type
+    if content_type is not None and (type(content_type) is not str or "\n" in content_type or "\r" in content_type):
+        return False
     for name, value in answer.headers:
         if type(value) is not str or "\n" in value or "\r" in value or name.lower() in _RESPONSE_OWN:
             return False
