@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable
-
 from types import BuiltinFunctionType, FunctionType, ModuleType
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from flask import Flask, Response, request, signals
 from werkzeug.exceptions import HTTPException
@@ -42,7 +40,7 @@ from ...metrics.worker.serving import record_phases
 from .. import routes
 from .errors import ModelNotReady, ServeError, status_of
 from .handlers import UserCodeError
-from .seam import Answer, Headers, Request
+from .seam import Answer, Request
 from .service import ModelService
 from .streaming import UNBUFFERED, Streamed
 
@@ -54,10 +52,6 @@ def respond(answer: Answer) -> Response:
                         headers=[*answer.headers, UNBUFFERED])
     return Response(answer.body, status=answer.status, content_type=answer.content_type,
                     headers=list(answer.headers) if answer.headers else None)
-
-
-def json_error(status: int, message: str, headers: Headers = ()) -> Response:
-    return respond(Answer.error(status, message, headers))
 
 
 def _report(where: str, status: int, message: str, error: BaseException) -> None:
