@@ -1,11 +1,11 @@
 """The serving app's shortcut past Flask's dispatch answers exactly as Flask's dispatch does.
 
-gunicorn marks its request bodies terminated (`wsgi.input_terminated`), which is one condition
-of the shortcut (app.py); werkzeug's test client does not. So each request here goes twice
-through the same app: once as gunicorn hands it over (the shortcut), once as the test client
-does (Flask's full dispatch), and the two answers (status line, every header in order, body,
-the log lines) must be the same. Each case also checks which way it went, so a shortcut that
-silently stopped applying, or applied where it must not, fails here.
+Each request here goes twice through the same app: once by the shortcut, once with the
+shortcut switched off (Flask's full dispatch), and the two answers (status line, every header
+in order, body, the log lines) must be the same; once as gunicorn hands a request over (its
+input ends at the body's end: `wsgi.input_terminated`), once as werkzeug's test client does
+(without it). Each case also checks which way it went, so a shortcut that silently stopped
+applying, or applied where it must not, fails here.
 """
 
 from __future__ import annotations
@@ -91,15 +91,20 @@ def _answer(app, method: str, path: str, environ_base=None, **kwargs):
     return response.status, list(response.headers.items()), response.get_data()
 
 
-def _both(app, dispatched, capfd, method, path, **kwargs):
+def _both(app, dispatched, capfd, method, path, environ_base=None, **kwargs):
     capfd.readouterr()
-    shortcut = _answer(app, method, path, GUNICORN, **kwargs)
+    shortcut = _answer(app, method, path, environ_base, **kwargs)
     shortcut_log = capfd.readouterr().err
     took_shortcut = not dispatched
     dispatched.clear()
-    flask = _answer(app, method, path, **kwargs)
+    kept = dict(app.shortcuts)
+    app.shortcuts.clear()  # Flask's dispatch for every request
+    try:
+        flask = _answer(app, method, path, environ_base, **kwargs)
+    finally:
+        app.shortcuts.update(kept)
     flask_log = capfd.readouterr().err
-    assert dispatched, "the test client's request went through Flask's dispatch"
+    assert dispatched, "the request went through Flask's dispatch"
     dispatched.clear()
     return shortcut, flask, took_shortcut, shortcut_log, flask_log
 
@@ -133,11 +138,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("server", ["gunicorn", "werkzeug"])
 @pytest.mark.parametrize("method, path, kwargs, shortcut, status", CASES,
                          ids=[f"{c[0]} {c[1]} {c[2].get('data', b'')[:12]!r}" for c in CASES])
-def test_the_shortcut_answers_as_flasks_dispatch_does(tmp_path, capfd, method, path, kwargs, shortcut, status):
+def test_the_shortcut_answers_as_flasks_dispatch_does(tmp_path, capfd, method, path, kwargs, shortcut, status,
+                                                       server):
     app, dispatched = _apps(tmp_path, HANDLERS, SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
-    fast, full, took, fast_log, full_log = _both(app, dispatched, capfd, method, path, **kwargs)
+    environ_base = GUNICORN if server == "gunicorn" else None
+    fast, full, took, fast_log, full_log = _both(app, dispatched, capfd, method, path, environ_base, **kwargs)
     assert fast == full
     assert int(fast[0][:3]) == status, fast
     assert took == shortcut
@@ -162,6 +170,44 @@ def test_a_chunked_body_takes_flasks_dispatch_which_reads_no_more_than_the_limit
     assert status.startswith("400") and "not valid JSON" in json.loads(body)["error"]
 
 
+class _Gone:
+    """A request body whose client went away: `sent` bytes, then the end or a reset."""
+
+    def __init__(self, sent: bytes, reset: bool):
+        self.sent, self.reset = sent, reset
+
+    def read(self, size=-1):
+        if self.reset and (size is None or size < 0 or not self.sent):  # reading to the end meets the reset
+            raise ConnectionResetError(104, "Connection reset by peer")
+        data, self.sent = self.sent, b""
+        return data
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_a_client_gone_before_its_body_ends_is_a_400_both_ways(tmp_path, capfd, terminated):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    app, dispatched = _apps(tmp_path, IDENTITY)
+    answers = []
+    for shortcut in (True, False):
+        kept = dict(app.shortcuts)
+        if not shortcut:
+            app.shortcuts.clear()
+        environ = EnvironBuilder("/invocations", method="POST", data=b"[1, 2, 3]",
+                                 content_type="application/json").get_environ()
+        environ["CONTENT_LENGTH"] = "100"
+        environ["wsgi.input"] = _Gone(b"[1, 2", reset=terminated)
+        if terminated:
+            environ["wsgi.input_terminated"] = True
+        body, status, headers = run_wsgi_app(app, environ)
+        answers.append((status, list(headers.items()), b"".join(body)))
+        app.shortcuts.update(kept)
+    assert answers[0] == answers[1]
+    # werkzeug's ClientDisconnected: a 400 with BadRequest's words, JSON like every error.
+    assert answers[0][0] == "400 BAD REQUEST" and b"could not understand" in answers[0][2], answers[0]
+    assert dispatched == ["/invocations"]
+
+
 def test_a_model_still_loading_answers_503_with_retry_after_both_ways(tmp_path, capfd):
     from smsuper.serve.worker.app import create_app
     from smsuper.serve.worker.service import LOADING
@@ -170,7 +216,8 @@ def test_a_model_still_loading_answers_503_with_retry_after_both_ways(tmp_path, 
     service.state = LOADING
     app = create_app(service)
     fast = _answer(app, "POST", "/invocations", GUNICORN, data=b"[1]", content_type="application/json")
-    full = _answer(app, "POST", "/invocations", data=b"[1]", content_type="application/json")
+    app.shortcuts.clear()
+    full = _answer(app, "POST", "/invocations", GUNICORN, data=b"[1]", content_type="application/json")
     assert fast == full
     assert fast[0].startswith("503") and ("Retry-After", "1") in fast[1]
 

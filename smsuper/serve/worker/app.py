@@ -16,7 +16,8 @@ prediction of a small model: about 60% of the app's time per /invocations
 request on one of the table's fixed paths (no <name> segment, no WebSocket)
 with an allowed method other than HEAD, and an ordinary body (a
 Content-Length within the limit, or none and no Transfer-Encoding) straight
-from the route's entry, and builds its response the way werkzeug would. Every
+from the route's entry, reads the body as werkzeug would, and builds its
+response the way werkzeug would. Every
 other request (other paths, wrong methods, HEAD, a body over the limit or
 chunked) takes Flask's full dispatch, and so does every request once anything
 is registered that needs it: a hook on the app, a receiver of Flask's request
@@ -33,7 +34,7 @@ from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from flask import Flask, Response, request, signals
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from ... import log
 from ...metrics.worker.serving import record_phases
@@ -95,6 +96,27 @@ def _http_error_answer(error: HTTPException, method: str, path: str, table: Tupl
 def _read_body() -> bytes:
     # Flask's reader: it keeps MAX_CONTENT_LENGTH (a 413, raised as an HTTPException).
     return request.get_data(cache=False)
+
+
+def _read_body_of(environ: Dict[str, Any], length: int) -> bytes:
+    """The body as werkzeug's reader gives it (get_input_stream, LimitedStream): all of it when
+    the server ends the input itself (gunicorn: wsgi.input_terminated), else `length` bytes; a
+    client gone before its body's end is werkzeug's ClientDisconnected (a 400)."""
+    stream = environ["wsgi.input"]
+    try:
+        if "wsgi.input_terminated" in environ:
+            return stream.read()
+        parts = []
+        missing = length
+        while missing > 0:
+            data = stream.read(min(missing, 65536))
+            if not data:
+                raise ClientDisconnected()
+            parts.append(data)
+            missing -= len(data)
+        return b"".join(parts)
+    except (OSError, ValueError):
+        raise ClientDisconnected() from None
 
 
 def _serve(entry: Callable[[Request], Answer], environ: Dict[str, Any], read_body: Callable[[], bytes],
@@ -219,15 +241,16 @@ class ServingApp(Flask):
         entry, methods = shortcut
         method = environ.get("REQUEST_METHOD")
         length = environ.get("CONTENT_LENGTH")
-        # A body werkzeug reads as it comes: gunicorn ends it (wsgi.input_terminated) at its
-        # Content-Length. Anything else (chunked, over the limit, unreadable) is Flask's to answer.
-        if method not in methods or "wsgi.input_terminated" not in environ or "HTTP_TRANSFER_ENCODING" in environ \
+        # An ordinary body: a Content-Length within the limit, or none. Anything else (chunked,
+        # over the limit, an unreadable length) is Flask's to answer.
+        if method not in methods or "HTTP_TRANSFER_ENCODING" in environ \
                 or (length and not (length.isascii() and length.isdigit() and int(length) <= self.max_body)) \
                 or self.needs_dispatch():
             return super().wsgi_app(environ, start_response)
         where = f"{method} {path}"
         try:
-            answer = _serve(entry, environ, environ["wsgi.input"].read, {}, where, self.stream_timeout)
+            answer = _serve(entry, environ, lambda: _read_body_of(environ, int(length) if length else 0), {},
+                            where, self.stream_timeout)
         except HTTPException as error:
             answer = _http_error_answer(error, method, path, self.table, self.not_found)
         if _plain(answer, method):
