@@ -270,3 +270,17 @@ def test_a_hook_registered_on_the_app_runs_for_every_request(tmp_path):
     finally:
         request_started.disconnect(receiver, app2)
     assert started == [app2]
+
+
+def test_a_handler_module_that_uses_flask_and_is_loaded_after_the_app_was_made_gets_flasks_dispatch(tmp_path):
+    from smsuper.serve.worker.app import create_app
+
+    service = make_service(tmp_path / "first", IDENTITY)
+    app = create_app(service)
+    assert _answer(app, "POST", "/invocations", GUNICORN, data=b"[1]", content_type="application/json")[0] == "200 OK"
+    later = make_service(tmp_path / "later", FLASK_HANDLERS)
+    service.handlers, service.model = later.handlers, later.model  # a model (re)loaded at run time
+    status, _, body = _answer(app, "POST", "/invocations", GUNICORN, data=b"x", content_type="text/plain",
+                              headers={"X-Which": "the later one"})
+    assert status == "200 OK", body
+    assert json.loads(body) == {"which": "the later one"}

@@ -213,9 +213,12 @@ Shortcut = Tuple[Callable[[Request], Answer], Tuple[str, ...]]
 class ServingApp(Flask):
     """Flask, with the shortcut (see the module's doc) in front of its dispatch."""
 
-    def __init__(self, name: str, max_body: int, stream_timeout: float, shortcuts: Dict[str, Shortcut],
-                 table: Tuple[routes.Route, ...], not_found: str):
+    def __init__(self, name: str, service: Any, max_body: int, stream_timeout: float,
+                 shortcuts: Dict[str, Shortcut], table: Tuple[routes.Route, ...], not_found: str):
         super().__init__(name)
+        self.service = service
+        self._scanned: Any = self  # the handler module last looked at (refers_to_flask), none yet
+        self._module_uses_flask = False
         self.max_body = max_body
         self.stream_timeout = stream_timeout
         self.shortcuts = shortcuts  # path -> (entry, methods); empty: Flask's dispatch always
@@ -223,8 +226,13 @@ class ServingApp(Flask):
         self.not_found = not_found
 
     def needs_dispatch(self) -> bool:
-        """Something registered that only Flask's full dispatch runs."""
-        if self.before_request_funcs or self.after_request_funcs or self.teardown_request_funcs \
+        """Something registered that only Flask's full dispatch runs, or a handler module that
+        refers to Flask (looked at once per module: a model loaded later is looked at then)."""
+        module = getattr(getattr(self.service, "handlers", None), "module", None)
+        if module is not self._scanned:
+            self._module_uses_flask = refers_to_flask(module)
+            self._scanned = module
+        if self._module_uses_flask or self.before_request_funcs or self.after_request_funcs or self.teardown_request_funcs \
                 or self.teardown_appcontext_funcs or self.url_value_preprocessors or self.url_default_functions \
                 or self.blueprints:
             return True
@@ -272,12 +280,10 @@ def create_app(service: ModelService) -> Flask:
     table = routes.TABLE
     not_found = routes.no_such_route(table)
     shortcuts: Dict[str, Shortcut] = {}
-    app = ServingApp("smsuper.serve", service.config.max_payload_bytes, service.config.stream_timeout,
+    app = ServingApp("smsuper.serve", service, service.config.max_payload_bytes, service.config.stream_timeout,
                      shortcuts, table, not_found)
     # nginx enforces the limit first; this keeps it when gunicorn faces clients itself.
     app.config["MAX_CONTENT_LENGTH"] = service.config.max_payload_bytes
-    handlers = getattr(service, "handlers", None)
-    use_shortcuts = not refers_to_flask(getattr(handlers, "module", None))
     for route in table:
         entry = getattr(service, route.entry, None)
         if entry is None:
@@ -291,7 +297,7 @@ def create_app(service: ModelService) -> Flask:
             # matches it: the same view for both (a stream the worker did not take, websocket.py).
             app.add_url_rule(route.path, endpoint=route.path + " websocket", view_func=view, methods=route.methods,
                              provide_automatic_options=False, websocket=True)
-        elif route.pattern is None and use_shortcuts:
+        elif route.pattern is None:
             shortcuts[route.path] = (entry, tuple(method for method in route.methods if method != "HEAD"))
 
     @app.errorhandler(HTTPException)
