@@ -354,7 +354,8 @@ def _backlog(socket_path: str) -> int:
 def test_unload_answers_every_request_already_routed_to_the_model_then_its_processes_are_gone(endpoint):
     server = endpoint(SAGEMAKER_MODEL_SERVER_WORKERS="2")
     assert server.load("alpha").status_code == 200
-    assert len(server.processes_of("alpha")) == 3  # master + 2 workers
+    # master + 2 workers (a worker's guard shows the worker's title for a moment after its fork)
+    eventually(lambda: len(server.processes_of("alpha")) == 3, "alpha's master and 2 workers")
     held = [background(lambda: server.invoke("alpha", {"gate": True})) for _ in range(2)]
     eventually(lambda: server.in_flight() == 2, "both workers to hold a request")
     queued = background(lambda: server.invoke("alpha", {"queued": True}))
@@ -480,6 +481,51 @@ def test_a_model_whose_master_is_killed_is_unregistered_and_the_others_keep_answ
     assert server.ping().status_code == 200
     assert server.load("alpha").status_code == 200  # the platform loads it again
     assert server.invoke("alpha", [2]).json()["input"] == [2]
+
+
+def _stat_fields(pid: int) -> List[bytes]:
+    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+
+
+def _template_of(server) -> int:
+    """The pre-started template process (PID 1's child titled `smsuper model template`)."""
+    init = server.init_pid()
+
+    def found() -> List[int]:
+        return [pid for pid in descendants(init) if "smsuper model template" in title_of(pid)]
+
+    eventually(lambda: len(found()) == 1, "one model template process")
+    return found()[0]
+
+
+def test_a_model_is_forked_from_the_pre_started_template_and_pid1_supervises_it(endpoint):
+    server = endpoint()
+    init = server.init_pid()
+    template = _template_of(server)
+    assert int(_stat_fields(template)[1]) == init
+    # Until its imports are done, loads start afresh (PID 1 never waits for them).
+    eventually(lambda: "the model template is ready" in server.stderr(), "the template to be ready")
+    assert server.load("alpha").status_code == 200
+    assert "model alpha: forked from the template" in server.stderr()
+    [master] = [pid for pid in server.processes_of("alpha") if "master" in title_of(pid)]
+    fields = _stat_fields(master)
+    # PID 1's own child, in a process group of its own, as a model started afresh is.
+    assert int(fields[1]) == init and int(fields[2]) == master
+    assert server.invoke("alpha", [1]).json()["input"] == [1]
+    os.kill(master, signal.SIGKILL)  # PID 1 sees the exit: the model is unregistered
+    eventually(lambda: server.invoke("alpha", [1]).status_code == 404, "alpha to be unregistered")
+    assert server.unload("alpha").status_code == 404
+
+
+def test_without_its_template_a_model_still_loads_started_afresh(endpoint):
+    server = endpoint()
+    os.kill(_template_of(server), signal.SIGKILL)
+    eventually(lambda: "the model template stopped" in server.stderr(), "PID 1 to notice the template's exit")
+    assert server.load("beta").status_code == 200
+    assert "model beta: forked from the template" not in server.stderr()
+    assert server.invoke("beta", [3]).json()["input"] == [3]
+    assert server.unload("beta").status_code == 200
+    assert server.ping().status_code == 200
 
 
 def test_an_invocation_whose_body_arrives_after_its_model_was_unloaded_gets_404_not_502(endpoint):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     Respond = Callable[[int, dict], None]
 
 LOADING, READY, UNLOADING = "loading", "ready", "unloading"
-POLL = 0.05  # seconds between looks at the readiness flags of loading models
+POLL = 0.01  # seconds between looks at the readiness flags of loading models (a load takes ~50 ms)
 GONE_POLL = 0.02
 MAX_PAGE = 100
 
