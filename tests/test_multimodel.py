@@ -517,6 +517,19 @@ def test_a_model_is_forked_from_the_pre_started_template_and_pid1_supervises_it(
     assert server.unload("alpha").status_code == 404
 
 
+def test_a_model_runs_its_master_and_workers_only(endpoint):
+    """nginx keeps no connection to a model, so its workers need no keep-alive guard processes."""
+    server = endpoint(SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    assert server.load("alpha").status_code == 200
+    [master] = [pid for pid in server.processes_of("alpha") if "master" in title_of(pid)]
+    eventually(lambda: len(descendants(master)) == 2 and
+               all("gunicorn: worker [smsuper model alpha]" in title_of(pid) for pid in descendants(master)),
+               "alpha's master to have its 2 workers and nothing else")
+    for attempt in range(20):
+        assert server.invoke("alpha", [attempt]).json()["input"] == [attempt]
+    assert len(descendants(master)) == 2
+
+
 def test_without_its_template_a_model_still_loads_started_afresh(endpoint):
     server = endpoint()
     os.kill(_template_of(server), signal.SIGKILL)
