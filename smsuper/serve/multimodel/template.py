@@ -109,7 +109,7 @@ class Template:
         parent = _parent_of(pid)
         if parent != os.getpid():
             raise ValueError(f"pid {pid} is not PID 1's child (its parent is {parent})")
-        if os.stat(f"/proc/{pid}").st_uid != self.uid:
+        if _uids_of(pid) != {self.uid}:
             raise ValueError(f"pid {pid} does not run as the workload's user")
 
     def _exited(self, child, status) -> None:
@@ -139,3 +139,12 @@ def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as handle:
         raw = handle.read()
     return int(raw[raw.rfind(b")") + 2:].split()[1])
+
+
+def _uids_of(pid: int) -> set:
+    """Real, effective, saved and filesystem uids of pid (/proc/PID/status)."""
+    with open(f"/proc/{pid}/status", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"Uid:"):
+                return {int(value) for value in line.split()[1:]}
+    return set()
