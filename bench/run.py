@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""smsuper's benchmark: `python3 bench/run.py` (about 12 minutes), `--quick` for a smoke run.
+"""smsuper's benchmark: `python3 bench/run.py` (about 15 minutes), `--quick` for a smoke run.
 
 Builds smsuper.pyz from this checkout into its own work directory (or takes
 --pyz), then measures smsuper and its baselines in the same run on this
