@@ -14,7 +14,10 @@ believed blindly: it runs as that user, who could have replaced it. From then on
 
 When the template is gone (it died, was killed, never started) or fails a request, the load
 falls back to spawn.spawn: the model is started afresh, only slower. A template that failed
-is killed and not replaced: one that fails once would likely fail again.
+is killed and not replaced: one that fails once would likely fail again. (A template that
+answers after REPLY_LIMIT may have forked that master all the same: it then runs unsupervised,
+its socket taken over by the master started afresh, until the job stops and PID 1 stops every
+leftover process.)
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Template:
         self.supervisor.remove_reader(channel.fileno())
         try:
             ready = json.loads(channel.recv(4096) or b"{}").get("ready") is True
-        except (OSError, ValueError, AttributeError):
+        except Exception:  # anything but its ready message: the template is not used
             ready = False
         if not ready:
             log.warning("the model template did not start: every model is started afresh")
@@ -93,7 +96,7 @@ class Template:
                 raise ValueError(reply.get("error") or "no answer")
             pid = int(reply["pid"])
             self._check(pid)
-        except (OSError, ValueError, TypeError) as error:
+        except Exception as error:  # whatever the template did, PID 1 goes on: the load starts afresh
             log.warning(f"the model template failed to fork {spec.role} ({error}): it is stopped, and models are "
                         f"started afresh from now on")
             self._abandon()
