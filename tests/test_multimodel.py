@@ -541,6 +541,34 @@ def test_without_its_template_a_model_still_loads_started_afresh(endpoint):
     assert server.ping().status_code == 200
 
 
+GROWING_CODE = """
+HOARD = []
+
+def model_fn(model_dir):
+    return "growing"
+
+def predict_fn(data, model):
+    HOARD.append(bytearray(b"x") * (data["mib"] << 20))  # a model whose memory grows after its load
+    return {"held_mib": sum(len(b) for b in HOARD) >> 20}
+"""
+
+
+def _model_memory(server, name: str) -> int:
+    found = re.search(r'smsuper_model_memory_bytes\{model="%s"\} (\S+)' % name, server.metrics())
+    return int(float(found.group(1))) if found else 0
+
+
+def test_a_models_memory_is_measured_again_while_it_is_loaded(endpoint):
+    server = endpoint()
+    assert server.load("grower", server.model("grower", GROWING_CODE)).status_code == 200
+    at_load = _model_memory(server, "grower")
+    assert at_load > 0
+    assert server.invoke("grower", {"mib": 160}).json() == {"held_mib": 160}
+    # The 507 rule judges the next load by what the loaded models take now, not at their load.
+    eventually(lambda: _model_memory(server, "grower") >= at_load + (150 << 20),
+               "the model's memory to be measured again")
+
+
 def test_an_invocation_whose_body_arrives_after_its_model_was_unloaded_gets_404_not_502(endpoint):
     server = endpoint()
     assert server.load("alpha").status_code == 200

@@ -13,7 +13,9 @@ in the table, whatever its state, is 409; DELETE of a loading model is 409
 Memory (memory.py): a load is refused with 507 before anything starts when
 what is left of the limit, less what the loads in progress are expected to
 take, is below SMSUPER_MODEL_MEMORY_MARGIN_MB plus the mean memory a loaded
-model takes here (the models of one endpoint are usually alike). A load that
+model takes here (the models of one endpoint are usually alike), measured at
+its load and again when a load is judged or the metrics are scraped, at most
+every MEMORY_REFRESH seconds (a model grows after its load). A load that
 raises MemoryError, or whose master is killed with SIGKILL (the OOM killer's
 signal) is 507 too; the model is not registered, and its processes are gone.
 
@@ -46,6 +48,9 @@ LOADING, READY, UNLOADING = "loading", "ready", "unloading"
 POLL = 0.01  # seconds between looks at the readiness flags of loading models (a load takes ~50 ms)
 GONE_POLL = 0.02
 MAX_PAGE = 100
+# The loaded models' memory is measured again at most this often (when a load is judged, when
+# the metrics are scraped): a model grows after its load (caches, what its requests keep).
+MEMORY_REFRESH = 2.0
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -96,6 +101,7 @@ class Manager:
         self.loads: Dict[str, int] = {}  # outcome -> count
         self.load_seconds = 0.0
         self.unloads: Dict[str, int] = {}
+        self._measured_at = 0.0
 
     def prepare(self) -> None:
         """ROOT/models: PID 1's, so nothing in it but what PID 1 made can be routed to."""
@@ -241,6 +247,7 @@ class Manager:
 
     # ---- loading ----------------------------------------------------------------
     def _no_room(self, name: str) -> str:
+        self._measure_again()
         limit, available = self.budget.limit_and_available()
         measured = [m.memory for m in self.models.values() if m.state == READY and m.memory]
         expected = sum(measured) // len(measured) if measured else 0
@@ -303,6 +310,27 @@ class Manager:
         if pid is None:
             return 0
         return memory.processes_memory([pid, *procfs.descendants(pid, include_zombies=False)])
+
+    def _measure_again(self) -> None:
+        """Every loaded model's memory now (one look at the process table for all of them)."""
+        now = time.monotonic()
+        if now - self._measured_at < MEMORY_REFRESH:
+            return
+        self._measured_at = now
+        ready = [m for m in self.models.values() if m.state == READY and m.child is not None and m.child.pid]
+        if not ready:
+            return
+        children: Dict[int, List[int]] = {}
+        for pid, (parent, state) in procfs.process_table().items():
+            if state != "Z":
+                children.setdefault(parent, []).append(pid)
+        for model in ready:
+            tree, stack = [model.child.pid], [model.child.pid]
+            while stack:
+                below = children.get(stack.pop(), [])
+                tree += below
+                stack += below
+            model.memory = memory.processes_memory(tree) or model.memory
 
     def _load_failure(self, model: Model, status) -> Tuple[int, str]:
         try:
@@ -379,6 +407,7 @@ class Manager:
 
     # ---- metrics ----------------------------------------------------------------
     def collect(self) -> list:
+        self._measure_again()
         loaded = gauge("models_loaded", "Models loaded and ready to be invoked (multi-model endpoint).")
         loaded.add(sum(1 for m in self.models.values() if m.state == READY))
         loads = counter("model_loads", "POST /models by outcome: ok, conflict (409), no_memory (507), failed.")
@@ -393,7 +422,8 @@ class Manager:
         limit, available = self.budget.limit_and_available()
         limit_family = gauge("model_memory_limit_bytes", "The memory limit the loads are checked against.")
         limit_family.add(limit)
-        used = gauge("model_memory_bytes", "Memory of each loaded model's processes (PSS), measured when it loaded.")
+        used = gauge("model_memory_bytes", "Memory of each loaded model's processes (PSS), measured when it loaded "
+                                           "and again at most every 2 s when a load is judged or metrics scraped.")
         requests = counter("model_requests", "Invocations of each loaded model by status code (the series goes "
                                              "when the model is unloaded).")
         seconds = counter("model_request_seconds", "Seconds nginx spent on each loaded model's invocations.")
