@@ -340,6 +340,26 @@ def test_a_model_answers_while_another_loads_and_loads_run_side_by_side(endpoint
     assert server.invoke("slow", [1]).json()["model"] == "slow"
 
 
+def test_delete_of_a_loading_model_cancels_the_load_and_frees_it(endpoint):
+    server = endpoint()
+    (server.gates / "hold-slow").touch()
+    slow = background(lambda: server.load("slow"))
+    eventually(lambda: (server.gates / "loading-slow").exists(), "slow's model_fn to start")
+    processes = server.processes_of("slow")
+    assert processes
+    deleted = server.unload("slow")
+    assert deleted.status_code == 200, deleted.text
+    # When DELETE has answered, the loading model's processes are gone; its POST says why.
+    assert not any(os.path.exists(f"/proc/{pid}") and title_of(pid) for pid in processes)
+    cancelled = slow()
+    assert cancelled.status_code == 500 and "unloaded (DELETE) before its load finished" in cancelled.json()["error"]
+    assert server.listing().json() == {"models": []}
+    assert server.invoke("slow", [1]).status_code == 404
+    (server.gates / "hold-slow").unlink()
+    assert server.load("slow").status_code == 200  # not registered: it loads again
+    assert server.invoke("slow", [2]).json()["input"] == [2]
+
+
 def _backlog(socket_path: str) -> int:
     """Connections waiting to be accepted on a listening unix socket (its Recv-Q)."""
     out = subprocess.run(["ss", "-xlnH"], stdout=subprocess.PIPE, text=True, check=False).stdout

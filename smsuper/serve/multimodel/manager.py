@@ -7,8 +7,9 @@ while some load is pending), an unload a signal and a wait for the exits, so
 /ping, the other models' invocations and further loads go on meanwhile.
 
 States: loading -> ready -> unloading -> (gone). POST /models of a name that is
-in the table, whatever its state, is 409; DELETE of a loading model is 409
-(let it finish, then unload); GET /models lists the ready models only.
+in the table, whatever its state, is 409; DELETE of a loading model cancels the
+load (its processes are killed, its POST is a 500 saying so, the DELETE a 200
+once they are gone); GET /models lists the ready models only.
 
 Memory (memory.py): a load is refused with 507 before anything starts when
 what is left of the limit, less what the loads in progress are expected to
@@ -167,7 +168,7 @@ class Manager:
             respond(404, {"error": f"model {name} is not loaded"})
             return
         if model.state == LOADING:
-            respond(409, {"error": f"model {name} is still loading: unload it once it is loaded"})
+            self._cancel_load(model, respond)
             return
         model.waiters.append(respond)
         if model.state == UNLOADING:
@@ -186,6 +187,26 @@ class Manager:
         except ProcessLookupError:
             pass
         model.kill_timer = self.supervisor.call_later(self.unload_timeout, lambda: self._kill(model))
+
+    def _cancel_load(self, model: Model, respond: Respond) -> None:
+        """DELETE of a loading model: nothing was routed to it, so nothing drains; its processes
+        are killed, its POST answered with why, and the DELETE once they are gone."""
+        log.info(f"unloading model {model.name} while it loads: the load is cancelled")
+        self._count_load("failed")
+        self._answer(model, 500, {"error": f"model {model.name} was unloaded (DELETE) before its load finished"})
+        model.waiters.append(respond)
+        model.state = UNLOADING
+        pid = model.child.pid if model.child is not None else None
+        if pid is None:
+            self._finish_unload(model)
+            return
+        model.processes = [(p, s) for p in [pid, *procfs.descendants(pid, include_zombies=False)]
+                           for s in [_start_time(p)] if s is not None]
+        for victim, _ in model.processes:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def describe(self, name: str) -> Tuple[int, dict]:
         model = self.models.get(name)
