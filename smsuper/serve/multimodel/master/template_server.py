@@ -27,6 +27,7 @@ which PID 1's stop sends). The template stays single-threaded: fork is safe here
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -51,6 +52,9 @@ def main(args: List[str]) -> int:
     from ...worker import app, keepalive_worker  # noqa: F401
     from . import model_server
 
+    # What is imported now stays shared with every master forked from here: the collector
+    # leaves it alone (it would write to those pages, and each master would get its own copies).
+    gc.freeze()
     titles.set_title(TITLE)
     channel.send(b'{"ready": true}')  # PID 1 sends nothing before: until now its loads start afresh
     while True:
