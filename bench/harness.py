@@ -305,10 +305,11 @@ def wait_http_200(port: int, limit: float, path: str = "/ping", proc: Optional[s
 
 def wrk(port: int, path: str, connections: int, duration: float, body: str = "[[1.0, 2.0, 3.0]]",
         method: str = "POST", threads: int = 2, timeout: float = 10.0, content_type: str = "application/json",
-        accept: str = "") -> Dict[str, object]:
-    """One wrk run; returns requests/s, latency percentiles (ms) and error counts."""
+        accept: str = "", paths: Sequence[str] = ()) -> Dict[str, object]:
+    """One wrk run; returns requests/s, latency percentiles (ms) and error counts. With `paths`,
+    the requests take those paths in turn instead of `path` (wrk_json.lua's BENCH_PATHS)."""
     env = dict(os.environ, BENCH_METHOD=method, BENCH_BODY=body, BENCH_CONTENT_TYPE=content_type,
-               BENCH_ACCEPT=accept)
+               BENCH_ACCEPT=accept, BENCH_PATHS=" ".join(paths))
     command = [WRK, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s",
                f"--timeout", f"{timeout:g}s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}{path}"]
     proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

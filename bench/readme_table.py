@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402  (the goals' thresholds, one place)
 SHORT = {"bare-gunicorn": "bare", "seed-style": "seed", "official-toolkit": "toolkit", "nginx-static": "nginx"}
 
 
@@ -179,6 +182,36 @@ def build(document: Dict) -> str:
             both([med(c["smsuper"]["server_cpu_us_per_request"]) for c in cases]),
             " · ".join(f"{SHORT.get(n, n)} {both([med(c[n]['server_cpu_us_per_request']) for c in cases])}"
                        for n in peers))
+    multi = figures.get("multi_model", {})
+    if "load_s" in multi:
+        times, tk = multi["load_s"], "official-toolkit"
+        ratio = med(multi["load_ratios"]["trivial"])
+        row("10", f"multi-model: `POST /models` to 200, trivial / {multi['big_mib']} MiB model",
+            f"{num(med(times['smsuper']['trivial']), '{:.3f}')} / {num(med(times['smsuper']['big']), '{:.3f}')} s",
+            f"toolkit {num(med(times[tk]['trivial']), '{:.3f}')} / {num(med(times[tk]['big']), '{:.3f}')} s",
+            f"goal trivial ≤ {report.MME_LOAD_GOAL:g}× toolkit ({num(ratio, '{:.2f}')}×)",
+            verdict(None if ratio is None else ratio <= report.MME_LOAD_GOAL, True))
+        cases = multi["throughput"]
+        labels = list(cases)
+        ratios = [med(cases[label]["ratio"]) for label in labels]
+        row("10", f"multi-model: invocations req/s, {' / '.join(labels)}, {multi['connections']} conns",
+            both([med(cases[label]["smsuper"]["rps"]) for label in labels]),
+            f"toolkit {both([med(cases[label][tk]['rps']) for label in labels])}",
+            f"goal ≥ 1× toolkit ({both(ratios, '{:.2f}', '×')})",
+            verdicts([None if r is None else r >= 1.0 for r in ratios], True))
+        memory = multi["memory"]
+        row("10", f"multi-model: whole container with {multi['models']} models, PSS / RSS",
+            f"{num(memory['smsuper']['loaded']['pss_mib'])} / {num(memory['smsuper']['loaded']['rss_mib'])} MiB",
+            f"toolkit {num(memory[tk]['loaded']['pss_mib'])} / {num(memory[tk]['loaded']['rss_mib'])} MiB")
+        mine, theirs = multi["unload"]["smsuper"], multi["unload"][tk]
+        row("10", f"multi-model: memory an unload of the {multi['big_mib']} MiB model gives back",
+            num(100 * mine["given_back_share"], "{:.1f}") + " %",
+            f"toolkit {num(100 * theirs['given_back_share'], '{:.1f}')} %",
+            f"goal ≥ {report.MME_GIVE_BACK_GOAL:.0%}", verdict(mine["given_back_share"] >= report.MME_GIVE_BACK_GOAL, True))
+        cycles = multi["cycles"]
+        row("10", f"multi-model: PID 1 RSS / fds over {cycles['cycles']} load/unload cycles",
+            f"{cycles['rss_kb_before']:,} → {cycles['rss_kb_after']:,} kB / {cycles['fds_before']} → {cycles['fds_after']}",
+            "", "goal no growth", verdict(report.no_leak(cycles), True))
     head = ["#", "figure", "smsuper", "baselines, same run", "bar / goal", ""]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in rows]

@@ -270,7 +270,75 @@ def build(figures: Dict) -> Table:
     model = figures.get("real_model", {"skipped": True})
     if not _error_row(table, "9", "real model (scikit-learn)", model):
         _real_model_rows(table, model, names)
+    multi = figures.get("multi_model", {"skipped": True})
+    if not _error_row(table, "10", "multi-model endpoints", multi):
+        _multi_model_rows(table, multi)
     return table
+
+
+# The goals of the multi-model issue, judged on the medians.
+MME_LOAD_GOAL = 0.25      # smsuper's trivial load time / the toolkit's, at most
+MME_GIVE_BACK_GOAL = 0.95  # share of a model's memory an unload gives back, at least
+MME_RSS_GROWTH_KB = 1024   # PID 1's RSS growth over the cycles that still counts as none (allocator granularity)
+
+
+def no_leak(cycles: Dict) -> bool:
+    return cycles["fds_after"] <= cycles["fds_before"] and \
+        cycles["rss_kb_after"] - cycles["rss_kb_before"] <= MME_RSS_GROWTH_KB
+
+
+def _multi_model_rows(table: Table, multi: Dict) -> None:
+    toolkit = "official-toolkit"
+    times = multi["load_s"]
+    for kind, label in (("trivial", "a trivial model"), ("big", f"a {multi['big_mib']} MiB model")):
+        table.row("10", f"POST /models to 200, {label}, s", spread(times["smsuper"][kind], "{:.3f}"),
+                  f"toolkit {spread(times[toolkit][kind], '{:.3f}')}")
+    table.row("10", "DELETE /models/NAME to 200, a trivial model, s", spread(times["smsuper"]["unload"], "{:.3f}"),
+              f"toolkit {spread(times[toolkit]['unload'], '{:.3f}')}", "(smsuper answers once the model's processes are "
+              "gone; see the unload rows for the toolkit)")
+    ratio = multi["load_ratios"]["trivial"]
+    table.goal("10", "smsuper / toolkit load time, trivial model (median of per-load ratios)",
+               spread(ratio, "{:.2f}", "×"), "", f"≤ {MME_LOAD_GOAL:g}×",
+               None if _med(ratio) is None else _med(ratio) <= MME_LOAD_GOAL, _med(ratio))
+    for label, case in multi["throughput"].items():
+        mine, theirs = case["smsuper"], case[toolkit]
+        table.row("10", f"invocations req/s, {label}, {multi['connections']} conns", spread(mine["rps"]),
+                  f"toolkit {spread(theirs['rps'])}")
+        table.row("10", f"p50 / p99 ms, {label}", f"{spread(mine['p50_ms'], '{:.1f}')} / {spread(mine['p99_ms'], '{:.1f}')}",
+                  f"toolkit {spread(theirs['p50_ms'], '{:.1f}')} / {spread(theirs['p99_ms'], '{:.1f}')}")
+        table.row("10", f"server CPU µs per request, {label}", spread(mine["server_cpu_us_per_request"]),
+                  f"toolkit {spread(theirs['server_cpu_us_per_request'])}")
+        errors = {n: case[n]["errors"] for n in ("smsuper", toolkit) if case[n]["errors"]}
+        table.goal("10", f"smsuper / toolkit req/s, {label} (median of per-round ratios)",
+                   spread(case["ratio"], "{:.2f}", "×"), "", "≥ 1×",
+                   None if _med(case["ratio"]) is None else _med(case["ratio"]) >= 1.0 and not mine["errors"],
+                   _med(case["ratio"]), f"wrk errors: {errors}" if errors else "")
+    memory = multi["memory"]
+    table.row("10", f"whole container with {multi['models']} models loaded, sum of PSS / of RSS, MiB",
+              f"{memory['smsuper']['loaded']['pss_mib']:,.0f} / {memory['smsuper']['loaded']['rss_mib']:,.0f}",
+              f"toolkit {memory[toolkit]['loaded']['pss_mib']:,.0f} / {memory[toolkit]['loaded']['rss_mib']:,.0f}",
+              f"(none loaded: smsuper {memory['smsuper']['none_loaded']['pss_mib']:,.0f}, toolkit "
+              f"{memory[toolkit]['none_loaded']['pss_mib']:,.0f} MiB PSS)")
+    mine, theirs = multi["unload"]["smsuper"], multi["unload"][toolkit]
+
+    def freed(u: Dict) -> str:
+        return (f"{u['unload_freed_pss_mib']:,.0f} of {u['load_took_pss_mib']:,.0f} MiB PSS "
+                f"({u['given_back_share']:.1%}; RSS {u['given_back_share_rss']:.1%})")
+
+    table.row("10", f"DELETE of the {multi['big_mib']} MiB model: model processes still alive when it answered",
+              f"{mine['model_processes_alive_when_delete_answered']} of {mine['model_processes']}",
+              f"toolkit {theirs['model_processes_alive_when_delete_answered']} of {theirs['model_processes']} "
+              f"(gone {theirs['seconds_until_gone_after_delete']:.2f} s later)")
+    share = mine["given_back_share"]
+    table.goal("10", f"memory an unload gives back, the {multi['big_mib']} MiB model (whole container)", freed(mine),
+               f"toolkit {freed(theirs)}", f"≥ {MME_GIVE_BACK_GOAL:.0%}",
+               None if share is None else share >= MME_GIVE_BACK_GOAL, share)
+    cycles = multi["cycles"]
+    table.goal("10", f"PID 1 over {cycles['cycles']} load/unload cycles (after {cycles['warm_up_cycles']}): RSS kB, "
+                     f"open fds", f"{cycles['rss_kb_before']:,} → {cycles['rss_kb_after']:,}; "
+                                  f"{cycles['fds_before']} → {cycles['fds_after']}", "",
+               f"no growth (fds; RSS ≤ {MME_RSS_GROWTH_KB} kB)", no_leak(cycles),
+               cycles["rss_kb_after"] - cycles["rss_kb_before"])
 
 
 def _real_model_rows(table: Table, model: Dict, names: Dict[str, str]) -> None:

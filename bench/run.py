@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""smsuper's benchmark: `python3 bench/run.py` (about 12 minutes), `--quick` for a smoke run.
+"""smsuper's benchmark: `python3 bench/run.py` (about 15 minutes), `--quick` for a smoke run.
 
 Builds smsuper.pyz from this checkout into its own work directory (or takes
 --pyz), then measures smsuper and its baselines in the same run on this
@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import figures  # noqa: E402
 import harness  # noqa: E402
+import multimodel  # noqa: E402
 import report  # noqa: E402
 import stacks  # noqa: E402
 from harness import BenchError  # noqa: E402
@@ -40,9 +41,9 @@ from harness import BenchError  # noqa: E402
 PYENV = Path("/root/.pyenv/versions")
 CPYTHONS = ("3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0")
 FIGURE_NAMES = ("throughput", "ping_busy", "start_memory", "model_memory", "sigterm", "log_relay",
-                "version_start", "metrics_scrape", "real_model")
+                "version_start", "metrics_scrape", "real_model", "multi_model")
 # The figures with a stack on the benchmark's own venv (the official toolkit, the real model).
-NEED_BENCH_VENV = {"throughput", "start_memory", "real_model"}
+NEED_BENCH_VENV = {"throughput", "start_memory", "real_model", "multi_model"}
 
 
 def say(message: str) -> None:
@@ -305,6 +306,8 @@ def main(argv: List[str]) -> int:
              lambda: figures.metrics_scrape(ctx, profile, say)),
             ("real_model", "9. a real model: scikit-learn, default handlers, CSV of 1 and 100 rows",
              lambda: figures.real_model(ctx, profile, say)),
+            ("multi_model", f"10. multi-model endpoints: load, invoke, memory, unload, cycles (official toolkit's "
+                            f"multi-model stack beside it)", lambda: multimodel.multi_model(ctx, profile, say)),
         ]
         for key, title, function in steps:
             if key in only:

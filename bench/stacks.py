@@ -348,6 +348,42 @@ class Toolkit(Stack):
         return str(self.dir)  # multi-model-server's logs/ (log4j2.xml's default LOG_LOCATION)
 
 
+class SmsuperMultiModel(Smsuper):
+    """`smsuper serve` with SAGEMAKER_MULTI_MODEL=true, as PID 1 of its own PID namespace (the
+    figures read PID 1's memory and descriptors). No SAGEMAKER_MODEL_SERVER_WORKERS: each model
+    gets smsuper's multi-model default, 1 worker, as the toolkit's does."""
+
+    name = "smsuper-mme"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx, namespace=True, SAGEMAKER_MULTI_MODEL="true")
+
+    def env(self) -> Dict[str, str]:
+        env = super().env()
+        del env["SAGEMAKER_MODEL_SERVER_WORKERS"]
+        return env
+
+
+class ToolkitMultiModel(Toolkit):
+    """The official stack in its multi-model mode, the way the platform runs it: the same
+    apps/toolkit/serve.py with SAGEMAKER_MULTI_MODEL=true, so sagemaker-inference writes its
+    multi-model properties (mme-mms.properties: model store "/", no model at start,
+    default_workers_per_model=1, its default handler service) and starts multi-model-server
+    without --models. Models come with POST /models {"model_name", "url"} (JSON: registered
+    synchronously with the default workers) on the same port, and are invoked on
+    /models/NAME/invoke, as the platform calls it; each model's worker is a Python process of
+    its own that multi-model-server's frontend spawns with the model's directory on PYTHONPATH
+    (where the toolkit's handler service imports `inference` from)."""
+
+    name = "official-toolkit-mme"
+
+    def env(self) -> Dict[str, str]:
+        env = super().env()
+        del env["SAGEMAKER_MODEL_SERVER_WORKERS"]  # the multi-model default: 1 per model
+        env["SAGEMAKER_MULTI_MODEL"] = "true"
+        return env
+
+
 def stack_memory(pids: List[int]) -> Dict[str, float]:
     """Sum of RSS (double-counts shared pages), of PSS (shares split fairly) and of USS, in MiB."""
     rss = pss = uss = 0

@@ -55,6 +55,7 @@ JOBS: Dict[str, str] = {
     # Internal: children smsuper starts from its own pyz (selfcmd.py). Users never type these.
     "_gunicorn": "smsuper.serve.master.gunicorn_app:main",
     "_model": "smsuper.serve.multimodel.master.model_server:main",
+    "_model_template": "smsuper.serve.multimodel.master.template_server:main",
     "_s3-download": "smsuper.usercode.s3_child:main",
 }
 COMMAND = "smsuper.passthrough:main"  # any other word: the command itself, run like tini

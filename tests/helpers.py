@@ -598,10 +598,15 @@ def make_service(tmp_path: Path, code: str, runtime=None, **env: str):
 
 
 def client_for(tmp_path: Path, code: str = IDENTITY, **env: str):
-    """A Flask test client of the source tree's app around `code`."""
+    """A Flask test client of the source tree's app around `code`. Its requests carry what
+    gunicorn's do and werkzeug's test client's do not, `wsgi.input_terminated` (the server ends
+    the body), so the app reads them as it reads a worker's (tests/test_fast_path.py checks the
+    app's shortcut past Flask's dispatch answers as Flask's does, both ways)."""
     from smsuper.serve.worker.app import create_app
 
-    return create_app(make_service(tmp_path, code, **env)).test_client()
+    client = create_app(make_service(tmp_path, code, **env)).test_client()
+    client.environ_base["wsgi.input_terminated"] = True
+    return client
 
 
 # ---- serve on a chosen interpreter: with numpy, or as an image without it ---------------------

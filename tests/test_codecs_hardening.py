@@ -226,3 +226,28 @@ def test_decode_json_names_the_constant_and_the_nesting(numpy_mode):
         codecs.decode(b'{"x": Infinity}', "application/json")
     with pytest.raises(BadRequest, match="nest"):
         codecs.decode(b"[" * 100_000 + b"]" * 100_000, "application/json")
+
+
+# ---- CSV: the numeric shortcut reads what csv.reader reads ---------------------------------
+
+CSV_BODIES = [
+    "1,2\n3,4\n", "1.5, -2e3 ,nan\n", " 0.25\t,1_000\n", "1,2\n\n3,4", "1,2,\n", "1,2\n3\n", "a,1\n",
+    '"1",2\n', "1,2\r\n3,4\r\n", "\n\n", "", "  \n", "inf,-Infinity\n", "1,\x002\n", "１,2\n",
+    "1," + "9" * 200000 + "\n", "7\n" * 1000,
+]
+
+
+@pytest.mark.parametrize("body", CSV_BODIES, ids=[repr(body[:16]) for body in CSV_BODIES])
+def test_csv_numbers_decode_as_csv_reader_reads_them(numpy_mode, body):
+    from smsuper.serve.worker import codecs
+
+    def outcome(read):
+        try:
+            value = read(body)
+        except codecs.BadRequest as error:
+            return "400", str(error)
+        if hasattr(value, "tolist"):
+            return "array", str(value.dtype), value.shape, repr(value.tolist())
+        return type(value).__name__, repr(value)
+
+    assert outcome(codecs.decode_csv) == outcome(codecs._csv_rows_read)

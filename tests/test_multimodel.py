@@ -340,6 +340,26 @@ def test_a_model_answers_while_another_loads_and_loads_run_side_by_side(endpoint
     assert server.invoke("slow", [1]).json()["model"] == "slow"
 
 
+def test_delete_of_a_loading_model_cancels_the_load_and_frees_it(endpoint):
+    server = endpoint()
+    (server.gates / "hold-slow").touch()
+    slow = background(lambda: server.load("slow"))
+    eventually(lambda: (server.gates / "loading-slow").exists(), "slow's model_fn to start")
+    processes = server.processes_of("slow")
+    assert processes
+    deleted = server.unload("slow")
+    assert deleted.status_code == 200, deleted.text
+    # When DELETE has answered, the loading model's processes are gone; its POST says why.
+    assert not any(os.path.exists(f"/proc/{pid}") and title_of(pid) for pid in processes)
+    cancelled = slow()
+    assert cancelled.status_code == 500 and "unloaded (DELETE) before its load finished" in cancelled.json()["error"]
+    assert server.listing().json() == {"models": []}
+    assert server.invoke("slow", [1]).status_code == 404
+    (server.gates / "hold-slow").unlink()
+    assert server.load("slow").status_code == 200  # not registered: it loads again
+    assert server.invoke("slow", [2]).json()["input"] == [2]
+
+
 def _backlog(socket_path: str) -> int:
     """Connections waiting to be accepted on a listening unix socket (its Recv-Q)."""
     out = subprocess.run(["ss", "-xlnH"], stdout=subprocess.PIPE, text=True, check=False).stdout
@@ -354,7 +374,8 @@ def _backlog(socket_path: str) -> int:
 def test_unload_answers_every_request_already_routed_to_the_model_then_its_processes_are_gone(endpoint):
     server = endpoint(SAGEMAKER_MODEL_SERVER_WORKERS="2")
     assert server.load("alpha").status_code == 200
-    assert len(server.processes_of("alpha")) == 3  # master + 2 workers
+    # master + 2 workers (a worker's guard shows the worker's title for a moment after its fork)
+    eventually(lambda: len(server.processes_of("alpha")) == 3, "alpha's master and 2 workers")
     held = [background(lambda: server.invoke("alpha", {"gate": True})) for _ in range(2)]
     eventually(lambda: server.in_flight() == 2, "both workers to hold a request")
     queued = background(lambda: server.invoke("alpha", {"queued": True}))
@@ -480,6 +501,92 @@ def test_a_model_whose_master_is_killed_is_unregistered_and_the_others_keep_answ
     assert server.ping().status_code == 200
     assert server.load("alpha").status_code == 200  # the platform loads it again
     assert server.invoke("alpha", [2]).json()["input"] == [2]
+
+
+def _stat_fields(pid: int) -> List[bytes]:
+    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+
+
+def _template_of(server) -> int:
+    """The pre-started template process (PID 1's child titled `smsuper model template`)."""
+    init = server.init_pid()
+
+    def found() -> List[int]:
+        return [pid for pid in descendants(init) if "smsuper model template" in title_of(pid)]
+
+    eventually(lambda: len(found()) == 1, "one model template process")
+    return found()[0]
+
+
+def test_a_model_is_forked_from_the_pre_started_template_and_pid1_supervises_it(endpoint):
+    server = endpoint()
+    init = server.init_pid()
+    template = _template_of(server)
+    assert int(_stat_fields(template)[1]) == init
+    # Until its imports are done, loads start afresh (PID 1 never waits for them).
+    eventually(lambda: "the model template is ready" in server.stderr(), "the template to be ready")
+    assert server.load("alpha").status_code == 200
+    assert "model alpha: forked from the template" in server.stderr()
+    [master] = [pid for pid in server.processes_of("alpha") if "master" in title_of(pid)]
+    fields = _stat_fields(master)
+    # PID 1's own child, in a process group of its own, as a model started afresh is.
+    assert int(fields[1]) == init and int(fields[2]) == master
+    assert server.invoke("alpha", [1]).json()["input"] == [1]
+    os.kill(master, signal.SIGKILL)  # PID 1 sees the exit: the model is unregistered
+    eventually(lambda: server.invoke("alpha", [1]).status_code == 404, "alpha to be unregistered")
+    assert server.unload("alpha").status_code == 404
+
+
+def test_a_model_runs_its_master_and_workers_only(endpoint):
+    """nginx keeps no connection to a model, so its workers need no keep-alive guard processes."""
+    server = endpoint(SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    assert server.load("alpha").status_code == 200
+    [master] = [pid for pid in server.processes_of("alpha") if "master" in title_of(pid)]
+    eventually(lambda: len(descendants(master)) == 2 and
+               all("gunicorn: worker [smsuper model alpha]" in title_of(pid) for pid in descendants(master)),
+               "alpha's master to have its 2 workers and nothing else")
+    for attempt in range(20):
+        assert server.invoke("alpha", [attempt]).json()["input"] == [attempt]
+    assert len(descendants(master)) == 2
+
+
+def test_without_its_template_a_model_still_loads_started_afresh(endpoint):
+    server = endpoint()
+    os.kill(_template_of(server), signal.SIGKILL)
+    eventually(lambda: "the model template stopped" in server.stderr(), "PID 1 to notice the template's exit")
+    assert server.load("beta").status_code == 200
+    assert "model beta: forked from the template" not in server.stderr()
+    assert server.invoke("beta", [3]).json()["input"] == [3]
+    assert server.unload("beta").status_code == 200
+    assert server.ping().status_code == 200
+
+
+GROWING_CODE = """
+HOARD = []
+
+def model_fn(model_dir):
+    return "growing"
+
+def predict_fn(data, model):
+    HOARD.append(bytearray(b"x") * (data["mib"] << 20))  # a model whose memory grows after its load
+    return {"held_mib": sum(len(b) for b in HOARD) >> 20}
+"""
+
+
+def _model_memory(server, name: str) -> int:
+    found = re.search(r'smsuper_model_memory_bytes\{model="%s"\} (\S+)' % name, server.metrics())
+    return int(float(found.group(1))) if found else 0
+
+
+def test_a_models_memory_is_measured_again_while_it_is_loaded(endpoint):
+    server = endpoint()
+    assert server.load("grower", server.model("grower", GROWING_CODE)).status_code == 200
+    at_load = _model_memory(server, "grower")
+    assert at_load > 0
+    assert server.invoke("grower", {"mib": 160}).json() == {"held_mib": 160}
+    # The 507 rule judges the next load by what the loaded models take now, not at their load.
+    eventually(lambda: _model_memory(server, "grower") >= at_load + (150 << 20),
+               "the model's memory to be measured again")
 
 
 def test_an_invocation_whose_body_arrives_after_its_model_was_unloaded_gets_404_not_502(endpoint):

@@ -91,6 +91,11 @@ class ChildSpec:
         # Called (child, exit status) each time the child exits, before the supervisor
         # decides on a restart or a stop: the job's reaction to this child alone.
         on_exit: Optional[Callable[[Any, Any], None]] = None,
+        # Descriptors the child keeps (a channel to PID 1); every other one is closed.
+        pass_fds: Sequence[int] = (),
+        # Starts the child instead of spawn() (same arguments, returns its pid): a model forked
+        # from a pre-started template (serve/multimodel/template.py). The pid must be PID 1's child.
+        spawner: Optional[Callable[..., int]] = None,
     ):
         self.role = role
         self.argv = argv
@@ -104,6 +109,8 @@ class ChildSpec:
         self.restart = restart
         self.foreground = foreground
         self.on_exit = on_exit
+        self.pass_fds = tuple(pass_fds)
+        self.spawner = spawner
 
 
 class SpawnError(Exception):
@@ -169,7 +176,9 @@ def _become_child(spec: ChildSpec, stdout_fd: int, stderr_fd: int, error_write: 
         os.dup2(stdout_fd, 1)
     if stderr_fd != 2:
         os.dup2(stderr_fd, 2)
-    _close_fds_except({0, 1, 2, error_write})
+    _close_fds_except({0, 1, 2, error_write, *spec.pass_fds})
+    for fd in spec.pass_fds:
+        os.set_inheritable(fd, True)
     if spec.cwd:
         os.chdir(spec.cwd)
     if spec.credentials is not None:

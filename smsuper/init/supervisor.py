@@ -345,8 +345,9 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         spec = child.spec
+        launch = spec.spawner or spawn
         if not spec.relay:
-            child.pid = spawn(spec)
+            child.pid = launch(spec)
         else:
             out_read, out_write = os.pipe2(os.O_CLOEXEC)
             err_read, err_write = os.pipe2(os.O_CLOEXEC)
@@ -355,7 +356,7 @@ class Supervisor:
             if spec.credentials is not None:
                 _give_pipes_to(spec.credentials, out_write, err_write)
             try:
-                child.pid = spawn(spec, out_write, err_write)
+                child.pid = launch(spec, out_write, err_write)
             except BaseException:
                 for fd in (out_read, err_read):
                     os.close(fd)

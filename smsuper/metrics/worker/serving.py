@@ -28,6 +28,10 @@ count and timings (its phases included, handed over in the WSGI environ) to
 plain numbers under one lock (_Batch), and a thread of its own publishes them
 at most PUBLISH_DELAY later, and the worker's exit hook publishes the rest.
 Only requests in flight are written at once: that gauge is about right now.
+It is written straight into its slot of the mmap (_LiveGauge), without
+prometheus_client's lock and checks per update. The pending timings of every
+route and phase have their slot made once (_Batch.slot), so recording a request
+is a few additions to lists that already exist.
 A worker killed with SIGKILL loses at most its last PUBLISH_DELAY of figures.
 A full disk costs metrics, never requests: the files' room is reserved before
 prometheus_client's mmap touches it (roomy_mmap.py).
@@ -123,6 +127,7 @@ class _Metrics:
         self.batch_wait = Histogram("smsuper_batch_wait_seconds", "Seconds each batched request waited for "
                                     "its batch to be sent to the model (at most SMSUPER_BATCH_DELAY_MS).",
                                     buckets=LATENCY_BUCKETS)
+        self.requests_in_flight = _LiveGauge(self.in_flight)
         self._counted: Dict[Tuple[str, str], Any] = {}
         # Bounded label values: the route table's labels, everything else is "other".
         self.labels = routes.labels()
@@ -153,6 +158,44 @@ class _Metrics:
         return child
 
 
+class _LiveGauge:
+    """A gauge without labels written straight into its slot of the process's mmap.
+
+    prometheus_client's inc() takes its lock, asks for the pid and looks the slot up by key on
+    every update: twice per request for the requests in flight. This keeps the slot and asks
+    prometheus_client's value (0.26.0, pinned) again only in a new process, where inc(0) makes
+    it reopen this process's own file. Its value, file and key (_value, _file, _key) are
+    prometheus_client's; the file is read at each write, as it may be remapped when it grows.
+    """
+
+    __slots__ = ("value", "lock", "pid", "file", "position", "pack")
+
+    def __init__(self, gauge: Any):
+        from prometheus_client.mmap_dict import _pack_two_doubles
+
+        self.value = gauge._value
+        self.lock = threading.Lock()  # gthread workers update it from several threads
+        self.pid = 0
+        self.file: Any = None
+        self.position: Optional[int] = None
+        self.pack = _pack_two_doubles
+
+    def add(self, amount: float) -> None:
+        value = self.value
+        with self.lock:
+            if self.pid != _pid[0] or value._file is not self.file:
+                # A new process (or another metric's update made prometheus_client notice it
+                # first): inc(0) makes it open this process's file and the slot.
+                value.inc(0)
+                self.file = value._file
+                # None: no room for the file or the slot (roomy_mmap.py): nothing is written.
+                self.position = getattr(self.file, "_positions", {}).get(value._key)
+                self.pid = _pid[0]
+            value._value += amount
+            if self.position is not None:
+                self.pack(self.file._m, self.position, value._value, 0.0)
+
+
 class _Batch:
     """Counts and timings recorded since they were last published, as plain numbers."""
 
@@ -160,28 +203,39 @@ class _Batch:
         self.metrics = metrics
         self.lock = threading.Lock()  # gthread workers record from several threads
         self.counts: Dict[Tuple[str, str], int] = {}
-        # histogram child -> [observations per bucket..., sum of the observed seconds]
+        # histogram child -> [observations per bucket..., sum of the observed seconds]; made once
+        # per child (slot()), zeroed when published.
         self.timings: Dict[Any, list] = {}
+        self.routes = {label: self.slot(child) for label, child in metrics._timed.items()}
+        self.phases: Dict[str, list] = {}
+        self.pending = False
         self.waiting = threading.Event()  # set when there is something to publish
         self.publisher_pid = 0
+
+    def slot(self, child: Any) -> list:
+        slot = self.timings.get(child)
+        if slot is None:
+            slot = self.timings[child] = [0] * len(LATENCY_BUCKETS) + [0.0]
+        return slot
 
     def request(self, route: str, code: str, seconds: float,
                 phases: Optional[Iterable[Tuple[str, float]]] = None) -> None:
         with self.lock:
             key = (route, code)
-            self.counts[key] = self.counts.get(key, 0) + 1
-            self._observe(self.metrics._timed[route], seconds)
+            counts = self.counts
+            counts[key] = counts.get(key, 0) + 1
+            slot = self.routes[route]
+            slot[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= its bound
+            slot[-1] += seconds
             if phases:
                 for name, phase_seconds in phases:
-                    self._observe(self.metrics.phase(name), phase_seconds)
+                    slot = self.phases.get(name)
+                    if slot is None:
+                        slot = self.phases[name] = self.slot(self.metrics.phase(name))
+                    slot[bisect_left(LATENCY_BUCKETS, phase_seconds)] += 1
+                    slot[-1] += phase_seconds
+            self.pending = True
         self._wake()
-
-    def _observe(self, child: Any, seconds: float) -> None:
-        slot = self.timings.get(child)
-        if slot is None:
-            slot = self.timings[child] = [0] * len(LATENCY_BUCKETS) + [0.0]
-        slot[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= its bound
-        slot[-1] += seconds
 
     def _wake(self) -> None:
         if self.publisher_pid != _pid[0]:  # first record in this worker (forked from the master)
@@ -204,11 +258,17 @@ class _Batch:
     def publish(self) -> None:
         with self.lock:
             counts, self.counts = self.counts, {}
-            timings, self.timings = self.timings, {}
+            timings = []
+            if self.pending:
+                for child, slot in self.timings.items():
+                    if slot[-1] or any(slot):
+                        timings.append((child, slot[:]))
+                        slot[:] = [0] * len(LATENCY_BUCKETS) + [0.0]
+                self.pending = False
         if self.metrics.requests is not None:
             for (route, code), number in counts.items():
                 self.metrics.count(route, code).inc(number)
-        for child, slot in timings.items():
+        for child, slot in timings:
             # A whole batch per bucket: Histogram.observe() would write one observation at a
             # time. _sum and _buckets are prometheus_client's (0.26.0, pinned in pyproject.toml):
             # its sum, and one non-cumulative count per bucket, as observe() keeps them.
@@ -253,24 +313,25 @@ class RequestMetrics:
         metrics = _state
         if metrics is None:
             return self.app(environ, start_response)
-        request = _Request(metrics, environ, start_response)
-        metrics.in_flight.inc()
+        request = _Sent(metrics, environ, start_response)
+        metrics.requests_in_flight.add(1)
         try:
-            body = self.app(environ, request.start_response)
+            request.body = self.app(environ, request.start_response)
         except BaseException:
             request.finished()  # gunicorn answers 500
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and isinstance(body, file_wrapper):
+        if file_wrapper is not None and isinstance(request.body, file_wrapper):
             request.finished()  # the server sends it with sendfile(), which a wrapper would hide
-            return body
-        return _Sent(body, request)
+            return request.body
+        return request
 
 
-class _Request:
-    """One request being answered: its route, its status once known, when it began."""
+class _Sent:
+    """One request being answered (its route, its status once known, when it began) and the
+    app's body, handed on to the server as it is: its close() ends the request's timing."""
 
-    __slots__ = ("metrics", "environ", "route", "status", "began", "_start_response", "done")
+    __slots__ = ("metrics", "environ", "route", "status", "began", "_start_response", "done", "body")
 
     def __init__(self, metrics: _Metrics, environ: dict, start_response: Callable):
         self.metrics = metrics
@@ -279,6 +340,7 @@ class _Request:
         self.status = "500"  # what gunicorn answers when the app raises
         self._start_response = start_response
         self.done = False
+        self.body: Iterable[bytes] = ()
         self.began = time.perf_counter()
 
     def start_response(self, line: str, headers: list, *exc_info: Any) -> Callable:
@@ -290,18 +352,8 @@ class _Request:
             return
         self.done = True
         elapsed = time.perf_counter() - self.began
-        self.metrics.in_flight.dec()
+        self.metrics.requests_in_flight.add(-1)
         self.metrics.batch.request(self.route, self.status, elapsed, self.environ.get(PHASES_KEY))
-
-
-class _Sent:
-    """The app's body, handed on to the server as it is; its close() ends the request's timing."""
-
-    __slots__ = ("body", "request")
-
-    def __init__(self, body: Iterable[bytes], request: _Request):
-        self.body = body
-        self.request = request
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.body)
@@ -312,7 +364,7 @@ class _Sent:
             if close is not None:
                 close()
         finally:
-            self.request.finished()
+            self.finished()
 
 
 def wrap(app: Callable) -> Callable:

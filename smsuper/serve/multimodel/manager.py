@@ -7,13 +7,16 @@ while some load is pending), an unload a signal and a wait for the exits, so
 /ping, the other models' invocations and further loads go on meanwhile.
 
 States: loading -> ready -> unloading -> (gone). POST /models of a name that is
-in the table, whatever its state, is 409; DELETE of a loading model is 409
-(let it finish, then unload); GET /models lists the ready models only.
+in the table, whatever its state, is 409; DELETE of a loading model cancels the
+load (its processes are killed, its POST is a 500 saying so, the DELETE a 200
+once they are gone); GET /models lists the ready models only.
 
 Memory (memory.py): a load is refused with 507 before anything starts when
 what is left of the limit, less what the loads in progress are expected to
 take, is below SMSUPER_MODEL_MEMORY_MARGIN_MB plus the mean memory a loaded
-model takes here (the models of one endpoint are usually alike). A load that
+model takes here (the models of one endpoint are usually alike), measured at
+its load and again when a load is judged or the metrics are scraped, at most
+every MEMORY_REFRESH seconds (a model grows after its load). A load that
 raises MemoryError, or whose master is killed with SIGKILL (the OOM killer's
 signal) is 507 too; the model is not registered, and its processes are gone.
 
@@ -43,9 +46,12 @@ if TYPE_CHECKING:
     Respond = Callable[[int, dict], None]
 
 LOADING, READY, UNLOADING = "loading", "ready", "unloading"
-POLL = 0.05  # seconds between looks at the readiness flags of loading models
+POLL = 0.01  # seconds between looks at the readiness flags of loading models (a load takes ~50 ms)
 GONE_POLL = 0.02
 MAX_PAGE = 100
+# The loaded models' memory is measured again at most this often (when a load is judged, when
+# the metrics are scraped): a model grows after its load (caches, what its requests keep).
+MEMORY_REFRESH = 2.0
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -96,6 +102,7 @@ class Manager:
         self.loads: Dict[str, int] = {}  # outcome -> count
         self.load_seconds = 0.0
         self.unloads: Dict[str, int] = {}
+        self._measured_at = 0.0
 
     def prepare(self) -> None:
         """ROOT/models: PID 1's, so nothing in it but what PID 1 made can be routed to."""
@@ -161,7 +168,7 @@ class Manager:
             respond(404, {"error": f"model {name} is not loaded"})
             return
         if model.state == LOADING:
-            respond(409, {"error": f"model {name} is still loading: unload it once it is loaded"})
+            self._cancel_load(model, respond)
             return
         model.waiters.append(respond)
         if model.state == UNLOADING:
@@ -180,6 +187,26 @@ class Manager:
         except ProcessLookupError:
             pass
         model.kill_timer = self.supervisor.call_later(self.unload_timeout, lambda: self._kill(model))
+
+    def _cancel_load(self, model: Model, respond: Respond) -> None:
+        """DELETE of a loading model: nothing was routed to it, so nothing drains; its processes
+        are killed, its POST answered with why, and the DELETE once they are gone."""
+        log.info(f"unloading model {model.name} while it loads: the load is cancelled")
+        self._count_load("failed")
+        self._answer(model, 500, {"error": f"model {model.name} was unloaded (DELETE) before its load finished"})
+        model.waiters.append(respond)
+        model.state = UNLOADING
+        pid = model.child.pid if model.child is not None else None
+        if pid is None:
+            self._finish_unload(model)
+            return
+        model.processes = [(p, s) for p in [pid, *procfs.descendants(pid, include_zombies=False)]
+                           for s in [_start_time(p)] if s is not None]
+        for victim, _ in model.processes:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def describe(self, name: str) -> Tuple[int, dict]:
         model = self.models.get(name)
@@ -241,6 +268,7 @@ class Manager:
 
     # ---- loading ----------------------------------------------------------------
     def _no_room(self, name: str) -> str:
+        self._measure_again()
         limit, available = self.budget.limit_and_available()
         measured = [m.memory for m in self.models.values() if m.state == READY and m.memory]
         expected = sum(measured) // len(measured) if measured else 0
@@ -303,6 +331,27 @@ class Manager:
         if pid is None:
             return 0
         return memory.processes_memory([pid, *procfs.descendants(pid, include_zombies=False)])
+
+    def _measure_again(self) -> None:
+        """Every loaded model's memory now (one look at the process table for all of them)."""
+        now = time.monotonic()
+        if now - self._measured_at < MEMORY_REFRESH:
+            return
+        self._measured_at = now
+        ready = [m for m in self.models.values() if m.state == READY and m.child is not None and m.child.pid]
+        if not ready:
+            return
+        children: Dict[int, List[int]] = {}
+        for pid, (parent, state) in procfs.process_table().items():
+            if state != "Z":
+                children.setdefault(parent, []).append(pid)
+        for model in ready:
+            tree, stack = [model.child.pid], [model.child.pid]
+            while stack:
+                below = children.get(stack.pop(), [])
+                tree += below
+                stack += below
+            model.memory = memory.processes_memory(tree) or model.memory
 
     def _load_failure(self, model: Model, status) -> Tuple[int, str]:
         try:
@@ -379,6 +428,7 @@ class Manager:
 
     # ---- metrics ----------------------------------------------------------------
     def collect(self) -> list:
+        self._measure_again()
         loaded = gauge("models_loaded", "Models loaded and ready to be invoked (multi-model endpoint).")
         loaded.add(sum(1 for m in self.models.values() if m.state == READY))
         loads = counter("model_loads", "POST /models by outcome: ok, conflict (409), no_memory (507), failed.")
@@ -393,7 +443,8 @@ class Manager:
         limit, available = self.budget.limit_and_available()
         limit_family = gauge("model_memory_limit_bytes", "The memory limit the loads are checked against.")
         limit_family.add(limit)
-        used = gauge("model_memory_bytes", "Memory of each loaded model's processes (PSS), measured when it loaded.")
+        used = gauge("model_memory_bytes", "Memory of each loaded model's processes (PSS), measured when it loaded "
+                                           "and again at most every 2 s when a load is judged or metrics scraped.")
         requests = counter("model_requests", "Invocations of each loaded model by status code (the series goes "
                                              "when the model is unloaded).")
         seconds = counter("model_request_seconds", "Seconds nginx spent on each loaded model's invocations.")

@@ -83,6 +83,14 @@ class ModelApplication(gunicorn_app.ServeApplication):
         options["preload_app"] = True
         return options
 
+    def worker_class(self) -> str:
+        # nginx closes every connection to a model (its per-model socket is named by a variable,
+        # and nginx pools connections only to an upstream block): there is nothing to keep, so
+        # gunicorn's own sync worker, without the keep-alive worker's guard process, hand-over
+        # and locks, which cost a model CPU per request and a process per worker for nothing.
+        chosen = super().worker_class()
+        return "sync" if chosen == gunicorn_app.KEEPALIVE_WORKER else chosen
+
     def load(self) -> Any:
         return self.app_object  # loaded before gunicorn started (main)
 
