@@ -155,6 +155,22 @@ def warn(message):
         pass
 
 
+def forget_the_zip(archive):
+    """Free zipimport's table of the zip's entries, once nothing is imported from the zip.
+
+    Python keeps it for the life of the process (a tuple per entry: about 0.5 MB), and PID 1
+    lives as long as the container; freed before smsuper's own modules load, that memory
+    holds them instead. The table is emptied in place: the zip's importer holds it too."""
+    import zipimport
+
+    cache = getattr(zipimport, "_zip_directory_cache", None)
+    if not isinstance(cache, dict):
+        return
+    for path, files in list(cache.items()):
+        if isinstance(files, dict) and os.path.abspath(path) == archive:
+            files.clear()
+
+
 def main(build_id):
     archive = os.path.dirname(os.path.abspath(__file__))  # __file__ is PYZ/__main__.py
     if os.path.isfile(archive):
@@ -170,6 +186,7 @@ def main(build_id):
                 sys.path[0] = tree
             else:
                 sys.path.insert(0, tree)
+            forget_the_zip(archive)
         finally:
             os.umask(old_umask)
 

@@ -11,9 +11,11 @@ three; `typing` preloaded through a sitecustomize for the comparison):
 
 So `TYPE_CHECKING = False` instead of importing typing pays in the modules the pass-through
 job's PID 1 runs, and there it is kept: that PID 1 loads none of the modules below. The serve
-and train jobs' own modules import typing, dataclasses, tempfile, subprocess and shutil; the
-rule for them is that PID 1 never loads what belongs to the servers' processes and to the
-user's code (Flask, gunicorn, prometheus_client, ...): those are the gunicorn processes'.
+job's PID 1 keeps the same start-up conveniences out (typing, subprocess for `nginx -V`, shutil
+for a `which`, tempfile for one directory: together about 2 MB of a PID 1 that lives as long as
+the endpoint). The train job's own modules import typing, dataclasses, tempfile, subprocess and
+shutil; the rule for every job is that PID 1 never loads what belongs to the servers' processes
+and to the user's code (Flask, gunicorn, prometheus_client, ...): those are the gunicorn processes'.
 
 Each case runs the built pyz as PID 1 of a PID namespace with `python -X importtime` and reads
 which modules PID 1 imported (its children are started without the flag), without `site` (-S):
@@ -43,6 +45,15 @@ PASSTHROUGH_NEVER = {
     "shutil": "shutil.which or a copy",
     "inspect": "inspect, directly or through dataclasses",
     "threading": "a thread in PID 1 (its loop is single-threaded)",
+}
+# What the serve job's PID 1 does without, metrics on (each was a start-up convenience).
+SERVE_NEVER = {
+    "typing": "an annotation import outside `if TYPE_CHECKING:`",
+    "dataclasses": "a @dataclass (it imports inspect, ast, copy...)",
+    "subprocess": "nginx -V through subprocess.run (init/capture.py runs such helpers)",
+    "shutil": "shutil.which (init/capture.find_program looks up a program)",
+    "tempfile": "tempfile.mkdtemp (serve/runtime.py makes the runtime directory itself)",
+    "threading": "a thread in PID 1, or subprocess",
 }
 # What no job's PID 1 loads: the libraries of the servers' processes and of the metrics client.
 NO_PID1_EVER = ["flask", "werkzeug", "jinja2", "gunicorn", "prometheus_client", "setproctitle._setproctitle_stub",
@@ -120,3 +131,11 @@ def test_no_pid1_loads_the_servers_or_the_users_libraries(pyz, base_env, tmp_pat
     modules = run_job(pyz, base_env, tmp_path, job, metrics=True)
     assert "smsuper.init.supervisor" in modules
     assert sorted(m for m in modules if m.split(".")[0] in NO_PID1_EVER or m in NO_PID1_EVER) == []
+
+
+@pytest.mark.slow
+def test_the_serve_pid1_keeps_the_start_up_conveniences_out(pyz, base_env, tmp_path):
+    modules = run_job(pyz, base_env, tmp_path, "serve", metrics=True)
+    assert "smsuper.serve.job" in modules and "smsuper.metrics.multiproc" in modules
+    loaded = {name: why for name, why in SERVE_NEVER.items() if name in modules}
+    assert loaded == {}, f"PID 1 of the serve job imported these (likely through): {loaded}"

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import struct
+import sys
 import time
 
 from ..init import untrusted
@@ -216,7 +217,11 @@ def _parse_key(key: str) -> Tuple[str, str, Tuple[Tuple[str, str], ...], str]:
     parsed = _keys.get(key)
     if parsed is None:
         metric, sample, labels, help_text = json.loads(key)
-        parsed = (metric, sample, tuple(sorted((str(k), str(v)) for k, v in labels.items())), help_text)
+        # Interned: every series of a metric repeats its name, help text and label names, and
+        # the table lives as long as PID 1.
+        intern = sys.intern
+        parsed = (intern(metric), intern(sample),
+                  tuple(sorted((intern(str(k)), intern(str(v))) for k, v in labels.items())), intern(help_text))
         if len(_keys) > 20000:  # label values nobody bounded: do not grow forever
             _keys.clear()
         _keys[key] = parsed
@@ -311,24 +316,25 @@ def collect_directory(directory: str) -> Tuple[List[Family], int, int]:
         with DirectoryLock(dir_fd, exclusive=False):
             names = os.listdir(dir_fd)
             files = _files(names)
-            contents = []
-            for name, parsed in files:
-                if parsed[1].startswith("live") and not _alive(parsed[2]):
+            for name, (kind, mode, pid) in files:
+                if mode.startswith("live") and not _alive(pid):
                     continue  # a dead worker's live gauge, not yet compacted away
                 try:
-                    contents.append((parsed, read_entries(name, dir_fd)))
+                    entries = read_entries(name, dir_fd)
                 except OSError:
                     continue  # a live gauge removed as its worker died; a FIFO nobody should read
+                # Merged file by file: PID 1 never holds every file's entries at once (its
+                # heap keeps the high-water mark of a scrape for good).
+                for key, value, timestamp in entries:
+                    metric, sample, labels, help_text = _parse_key(key)
+                    target = merged.get(metric)
+                    if target is None:
+                        target = merged[metric] = _Merged(kind, mode, help_text)
+                    target.add(sample, labels, value, timestamp, pid)
+                del entries
     finally:
         os.close(dir_fd)
     no_room = sum(1 for name in names if name.startswith(NO_ROOM_PREFIX))
-    for (kind, mode, pid), entries in contents:
-        for key, value, timestamp in entries:
-            metric, sample, labels, help_text = _parse_key(key)
-            target = merged.get(metric)
-            if target is None:
-                target = merged[metric] = _Merged(kind, mode, help_text)
-            target.add(sample, labels, value, timestamp, pid)
     families = [merged[metric].family(metric) for metric in sorted(merged)]
     return families, len(files), no_room
 

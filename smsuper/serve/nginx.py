@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import re
 import resource
-import shutil
-import subprocess
-from typing import List, Optional, Tuple
 
+from ..init import capture
 from . import routes
 from . import timeouts
 from .config import ServeConfig
@@ -84,22 +82,34 @@ NGINX_ERRORS = (
     (505, 505, "HTTP version not supported: use HTTP/1.0 or HTTP/1.1"),
 )
 
-Version = Tuple[int, ...]
+TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
+
+    Version = Tuple[int, ...]
+
+# `nginx -V` of each binary: its version and its modules, asked once (an exec on PID 1's way to
+# starting nginx; a restarted nginx is the same binary).
+_BUILD_INFO: Dict[str, bytes] = {}
 
 
 def find(program: str) -> Optional[str]:
     """The nginx executable, or None (then gunicorn binds the port itself)."""
-    return shutil.which(program)
+    return capture.find_program(program)
+
+
+def _build_info(binary: str) -> bytes:
+    """`nginx -V`: `nginx version: nginx/1.22.1` and the configure flags, on stderr."""
+    if binary not in _BUILD_INFO:
+        out = capture.output([binary, "-V"], timeout=10)
+        if out is None:
+            return b""  # not kept: the next start asks again
+        _BUILD_INFO[binary] = out
+    return _BUILD_INFO[binary]
 
 
 def version(binary: str) -> Version:
-    """nginx -v prints `nginx version: nginx/1.22.1` on stderr."""
-    try:
-        out = subprocess.run([binary, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             timeout=10, check=False).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):
-        return (0,)
-    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    match = re.search(rb"nginx/(\d+)\.(\d+)\.(\d+)", _build_info(binary))
     return tuple(int(part) for part in match.groups()) if match else (0,)
 
 
@@ -114,12 +124,7 @@ def argv(binary: str, runtime: RuntimeDir, nginx_version: Version) -> List[str]:
 
 def has_stub_status(binary: str) -> bool:
     """Whether this nginx was built with the stub_status module (`nginx -V` lists its configure flags)."""
-    try:
-        out = subprocess.run([binary, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return b"http_stub_status_module" in out
+    return b"http_stub_status_module" in _build_info(binary)
 
 
 def worker_connections() -> int:

@@ -10,7 +10,9 @@ PID 1 does not import the codecs and the rest of the inference code.
 from __future__ import annotations
 
 import os
-from typing import List, Sequence
+TYPE_CHECKING = False  # typing: 0.5 MB of PID 1's RSS unless another module loads it (tests/test_pid1_imports.py)
+if TYPE_CHECKING:
+    from typing import List, Sequence
 
 
 class HandlerError(Exception):
