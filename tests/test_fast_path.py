@@ -284,3 +284,51 @@ def test_a_handler_module_that_uses_flask_and_is_loaded_after_the_app_was_made_g
                               headers={"X-Which": "the later one"})
     assert status == "200 OK", body
     assert json.loads(body) == {"which": "the later one"}
+
+
+HELPER_USES_FLASK = """
+import sys
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import which_header  # a helper module of the user's: it, not this module, uses flask.request
+
+def model_fn(model_dir):
+    return "model"
+
+def input_fn(body, content_type):
+    return which_header.which()
+
+def predict_fn(data, model):
+    return data
+
+def output_fn(prediction, accept):
+    return prediction.encode(), "text/plain"
+"""
+
+WHICH_HEADER = """
+import flask
+
+def which():
+    return flask.request.headers.get("X-Which", "none")
+"""
+
+
+def test_a_helper_module_that_uses_flask_fails_one_request_naming_the_fix_then_gets_flasks_dispatch(tmp_path):
+    """The shortcut cannot see a Flask request context used from a module the handler module
+    imports. The first such request is a 500 that says what happened and what to do; from then
+    on that model's requests go through Flask's dispatch, and answer."""
+    from smsuper.serve.worker.app import create_app
+
+    code_dir = tmp_path / "ml" / "model" / "code"
+    code_dir.mkdir(parents=True)
+    (code_dir / "which_header.py").write_text(WHICH_HEADER)
+    sys.modules.pop("which_header", None)
+    app = create_app(make_service(tmp_path, HELPER_USES_FLASK))
+    status, _, body = _answer(app, "POST", "/invocations", GUNICORN, data=b"x", content_type="text/plain",
+                              headers={"X-Which": "first"})
+    assert status == "500 INTERNAL SERVER ERROR"
+    message = json.loads(body)["error"]
+    assert "Working outside of request context" in message
+    assert "import flask" in message and "inference.py" in message
+    status, _, body = _answer(app, "POST", "/invocations", GUNICORN, data=b"x", content_type="text/plain",
+                              headers={"X-Which": "second"})
+    assert (status, body) == ("200 OK", b"second")

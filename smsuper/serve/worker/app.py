@@ -22,7 +22,9 @@ other request (other paths, wrong methods, HEAD, a body over the limit or
 chunked) takes Flask's full dispatch, and so does every request once anything
 is registered that needs it: a hook on the app, a receiver of Flask's request
 signals, or a handler module that refers to Flask or werkzeug (it may use
-flask.request, jsonify or current_app, which need Flask's contexts).
+flask.request, jsonify or current_app, which need Flask's contexts). A helper
+module of the user's that uses them unseen fails its first request with a 500
+that names the fix; that model's later requests take Flask's dispatch.
 tests/test_fast_path.py checks that both ways answer byte for byte alike.
 """
 
@@ -207,6 +209,11 @@ def refers_to_flask(module: Optional[ModuleType]) -> bool:
     return False
 
 
+def _wanted_flask(error: BaseException) -> bool:
+    """Whether user code raised for want of Flask's request or application context."""
+    return type(error) is RuntimeError and str(error).startswith("Working outside of ")
+
+
 Shortcut = Tuple[Callable[[Request], Answer], Tuple[str, ...]]
 
 
@@ -240,6 +247,27 @@ class ServingApp(Flask):
             if signal.receivers:
                 return True
         return False
+
+    def noting_flask(self, entry: Callable[[Request], Answer]) -> Callable[[Request], Answer]:
+        """`entry`, for the shortcut. Flask's contexts used from a module the scan could not see
+        (a helper the handler module imports) raise "Working outside of ... context": that request
+        is a 500 that says what to do, and the model's later requests take Flask's dispatch."""
+
+        def run(req: Request) -> Answer:
+            try:
+                return entry(req)
+            except UserCodeError as error:
+                if not _wanted_flask(error.error):
+                    raise
+                self._module_uses_flask = True
+                module = getattr(getattr(self.service, "handlers", None), "module", None)
+                where = getattr(module, "__file__", None) or "the handler module"
+                hint = (f"{error.error} (smsuper answered this request without Flask's dispatch because {where} "
+                        "does not import flask; its next requests get Flask's contexts. Add `import flask` "
+                        f"to {where.rsplit('/', 1)[-1]} to have every request get them.)")
+                raise UserCodeError(error.function, RuntimeError(hint)) from error.error
+
+        return run
 
     def wsgi_app(self, environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
@@ -298,7 +326,7 @@ def create_app(service: ModelService) -> Flask:
             app.add_url_rule(route.path, endpoint=route.path + " websocket", view_func=view, methods=route.methods,
                              provide_automatic_options=False, websocket=True)
         elif route.pattern is None:
-            shortcuts[route.path] = (entry, tuple(method for method in route.methods if method != "HEAD"))
+            shortcuts[route.path] = (app.noting_flask(entry), tuple(method for method in route.methods if method != "HEAD"))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
