@@ -1,8 +1,13 @@
 """smsuper.pyz's runtime bootstrap: unpack once into a cache, then run smsuper.
 
-build_zipapp.py copies this file to the zip's __main__.py and appends a call
-`main(BUILD_ID)`. It runs from inside the zip before anything else, so it
-uses the standard library only and imports nothing from the zip.
+The zip's __main__.py (smsuper/_entry.py) runs first and handles the warm
+start, a tree of this build already published, by itself; this module is
+compiled from the zip only when it finds none (the first start, or no usable
+cache), so a warm start does not compile the publishing code and PID 1 does
+not keep what compiling it costs. It runs from inside the zip, so it uses the
+standard library only and imports nothing from the zip; the entry's own
+functions (the platform key, the candidate roots, the safety check) come in
+as `entry`, so the policy is written once.
 
 Why unpack: zipimport cannot load setproctitle's compiled extension, and
 importing from a zip that holds no bytecode recompiles every module on every
@@ -44,40 +49,6 @@ import os
 import sys
 
 CACHE_SETTING = "SMSUPER_CACHE_DIR"  # declared in smsuper/settings.py
-SYSTEM_ROOT = "/var/cache/smsuper"
-
-
-def platform_key():
-    """Which compiled extensions and bytecode fit this interpreter."""
-    tag = sys.implementation.cache_tag + ("t" if "t" in getattr(sys, "abiflags", "") else "")
-    machine = os.uname().machine
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
-    try:
-        libc = "gnu" if (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc") else "musl"
-    except (ValueError, OSError):  # musl's headers do not know the name
-        libc = "musl"
-    return "%s-%s-%s" % (tag, machine, libc)
-
-
-def candidate_roots():
-    """(root, trusted as given) in order of preference."""
-    explicit = os.environ.get(CACHE_SETTING, "").strip()
-    if explicit:
-        return [(os.path.abspath(explicit), True)]
-    roots = [SYSTEM_ROOT]
-    home = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(home):
-        home = os.path.join(os.path.expanduser("~"), ".cache")
-    if os.path.isabs(home):  # expanduser leaves "~" when this uid has no home
-        roots.append(os.path.join(home, "smsuper"))
-    roots.append("/tmp/smsuper-cache-%d" % os.getuid())
-    return [(root, False) for root in roots]
-
-
-def safe_root(root):
-    """Only this user (or root) can have put anything there."""
-    info = os.stat(root)
-    return info.st_uid in (0, os.getuid()) and not info.st_mode & 0o022
 
 
 def publish(archive, root, name, key):
@@ -126,17 +97,17 @@ def publish(archive, root, name, key):
     return os.path.join(root, name)
 
 
-def find_or_publish(archive, build_id):
+def find_or_publish(archive, build_id, entry):
     """(root, tree) of a complete tree for this build, or raise OSError."""
-    key = platform_key()
+    key = entry["platform_key"]()
     name = "%s-%s" % (build_id, key)
     reasons = []
-    for root, trusted in candidate_roots():
+    for root, trusted in entry["candidate_roots"]():
         try:
             os.makedirs(root, mode=0o755, exist_ok=True)
             # Checked before trusting an existing tree: someone else's tree
             # could hold anything.
-            if not trusted and not safe_root(root):
+            if not trusted and not entry["safe_root"](root):
                 reasons.append("%s is writable by others or owned by another user" % root)
                 continue
             tree = os.path.join(root, name)
@@ -155,41 +126,11 @@ def warn(message):
         pass
 
 
-def forget_the_zip(archive):
-    """Free zipimport's table of the zip's entries, once nothing is imported from the zip.
-
-    Python keeps it for the life of the process (a tuple per entry: about 0.5 MB), and PID 1
-    lives as long as the container; freed before smsuper's own modules load, that memory
-    holds them instead. The table is emptied in place: the zip's importer holds it too."""
-    import zipimport
-
-    cache = getattr(zipimport, "_zip_directory_cache", None)
-    if not isinstance(cache, dict):
-        return
-    for path, files in list(cache.items()):
-        if isinstance(files, dict) and os.path.abspath(path) == archive:
-            files.clear()
-
-
-def main(build_id):
-    archive = os.path.dirname(os.path.abspath(__file__))  # __file__ is PYZ/__main__.py
-    if os.path.isfile(archive):
-        old_umask = os.umask(0o022)  # the published tree must be readable by all
-        try:
-            root, tree = find_or_publish(archive, build_id)
-        except Exception as error:  # the cache is an optimisation: never fatal
-            warn("no usable cache directory (%s); running from the zip: slower starts, "
-                 "no process titles. Set %s to a writable directory." % (error, CACHE_SETTING))
-        else:
-            os.environ[CACHE_SETTING] = root
-            if sys.path and os.path.abspath(sys.path[0]) == archive:
-                sys.path[0] = tree
-            else:
-                sys.path.insert(0, tree)
-            forget_the_zip(archive)
-        finally:
-            os.umask(old_umask)
-
-    from smsuper.__main__ import run
-
-    run()
+def find_tree(archive, build_id, entry):
+    """(root, tree) for the entry to run from, or None (warned): run from the zip."""
+    try:
+        return find_or_publish(archive, build_id, entry)
+    except Exception as error:  # the cache is an optimisation: never fatal
+        warn("no usable cache directory (%s); running from the zip: slower starts, "
+             "no process titles. Set %s to a writable directory." % (error, CACHE_SETTING))
+        return None

@@ -294,3 +294,25 @@ def test_init_title_shows_in_proc_cmdline(pyz, base_env):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def test_a_warm_start_compiles_only_the_entry_not_the_publishing_code(pyz, base_env, tmp_path):
+    """Python compiles the zip's __main__.py on every start and PID 1 keeps what that costs; a
+    start that finds its tree already published loads none of the code that publishes one."""
+    cache = tmp_path / "cache"
+    env = _env(base_env, cache)
+    code = (
+        "import gc, runpy, sys, types\n"
+        "pyz = sys.argv[1]; sys.argv = [pyz, '--version']\n"
+        "try:\n    runpy.run_path(pyz, run_name='__main__')\n"
+        "except SystemExit as done:\n    assert not done.code, done.code\n"
+        "print(' '.join(sorted(f.__name__ for f in gc.get_objects() if isinstance(f, types.FunctionType)"
+        " and f.__code__.co_filename.startswith(pyz))))\n"
+    )
+    cold = subprocess.run([sys.executable, "-c", code, str(pyz)], env=env, capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    assert _tree(cache).is_dir()  # the first start published the tree
+    warm = subprocess.run([sys.executable, "-c", code, str(pyz)], env=env, capture_output=True, text=True)
+    assert warm.returncode == 0 and warm.stderr == "", warm.stderr
+    loaded = warm.stdout.splitlines()[-1].split()  # the line after --version's
+    assert "main" in loaded and "publish" not in loaded and "find_or_publish" not in loaded, loaded
