@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 from . import capabilities
+from .fds import close_fds_except
 
 # Signals are 1..NSIG-1; SIGKILL and SIGSTOP cannot be touched.
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
@@ -176,7 +177,7 @@ def _become_child(spec: ChildSpec, stdout_fd: int, stderr_fd: int, error_write: 
         os.dup2(stdout_fd, 1)
     if stderr_fd != 2:
         os.dup2(stderr_fd, 2)
-    _close_fds_except({0, 1, 2, error_write, *spec.pass_fds})
+    close_fds_except({0, 1, 2, error_write, *spec.pass_fds})
     for fd in spec.pass_fds:
         os.set_inheritable(fd, True)
     if spec.cwd:
@@ -196,19 +197,6 @@ def _take_terminal() -> None:
         signal.signal(signal.SIGTTOU, previous)
     except OSError:
         pass
-
-
-def _close_fds_except(keep: set) -> None:
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def _drop_to(creds: Credentials, cap_last: int) -> None:

@@ -36,6 +36,7 @@ import sys
 from typing import List, Optional
 
 from .... import titles
+from ....init.fds import close_fds_except
 
 TITLE = "smsuper model template"
 MAX_REQUEST = 1 << 16
@@ -126,22 +127,10 @@ def _become_master(request: dict, fds: List[int], channel: socket.socket) -> Non
     if len(fds) == 2:  # else the template's own (a child PID 1 does not relay)
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
-    _close_fds_except({0, 1, 2})
+    close_fds_except({0, 1, 2})
     cwd = request.get("cwd")
     if cwd:
         os.chdir(cwd)
     sys.argv = list(request["argv"][1:])
     titles.set_title(" ".join(request["argv"]))  # as a master started afresh shows until gunicorn names it
 
-
-def _close_fds_except(keep: set) -> None:
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
