@@ -11,25 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smsuper.init import capture  # noqa: E402
+from smsuper.init import capture, procfs  # noqa: E402
 
 SH = shutil.which("sh")
 
 
 def children_of_this_process() -> list:
     """Our own child processes, zombies included (a zombie is a child nobody reaped)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                raw = handle.read()
-        except OSError:
-            continue
-        if int(raw[raw.rfind(b")") + 2:].split()[1]) == os.getpid():
-            found.append(int(name))
-    return found
+    return [pid for pid, (parent, _state) in procfs.process_table().items() if parent == os.getpid()]
 
 
 def test_a_helper_s_output_and_errors_come_back_together():

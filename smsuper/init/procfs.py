@@ -11,8 +11,9 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _stat_fields(pid: int) -> Optional[List[str]]:
-    """Fields of /proc/PID/stat after the command name (which may hold spaces and parens)."""
+def stat_fields(pid: int) -> Optional[List[str]]:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces and parens):
+    [0] the state, [1] the parent pid, [2] the process group, [19] the start time; None when gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -21,9 +22,15 @@ def _stat_fields(pid: int) -> Optional[List[str]]:
     return raw[raw.rfind(b")") + 2:].decode().split()
 
 
+def parent_of(pid: int) -> Optional[int]:
+    """The parent pid of `pid`, or None when it is gone."""
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
 def is_running(pid: int) -> bool:
     """Whether `pid` exists and is neither a zombie nor dead."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return bool(fields) and fields[0] not in ("Z", "X")
 
 
@@ -32,7 +39,7 @@ def process_table() -> Dict[int, Tuple[int, str]]:
     table = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            fields = _stat_fields(int(name))
+            fields = stat_fields(int(name))
             if fields:
                 table[int(name)] = (int(fields[1]), fields[0])
     return table
@@ -68,7 +75,7 @@ def snapshot() -> Dict[int, Tuple[int, int, float, float]]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        fields = _stat_fields(int(name))
+        fields = stat_fields(int(name))
         if not fields or fields[0] in ("Z", "X"):
             continue
         # After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... rss(21)

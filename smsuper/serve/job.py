@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Tuple
 
 from .. import log, roles, selfcmd
-from ..init import capabilities, inputs, lifecycle, privileges, untrusted
+from ..init import capabilities, inputs, lifecycle, privileges, procfs, untrusted
 from ..init.lifecycle import JobFailure
 from ..init.spawn import ChildSpec, Credentials, SpawnError
 from ..metrics import port as metrics_port
@@ -72,13 +72,8 @@ def _adopted_group(group: int) -> bool:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                raw = handle.read()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == group:
+        fields = procfs.stat_fields(int(name))
+        if fields is not None and len(fields) > 2 and int(fields[2]) == group:
             if int(fields[1]) != os.getpid():
                 return False
             members += 1

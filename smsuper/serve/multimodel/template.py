@@ -28,6 +28,7 @@ import signal
 import socket
 
 from ... import log, roles, selfcmd
+from ...init import procfs
 from ...init.spawn import ChildSpec, SpawnError, spawn as spawn_afresh
 
 TYPE_CHECKING = False
@@ -109,7 +110,7 @@ class Template:
         supervise, and signal, a process the template merely named)."""
         if pid <= 1 or pid == os.getpid() or any(child.pid == pid for child in self.supervisor.children):
             raise ValueError(f"pid {pid} is not a new model master")
-        parent = _parent_of(pid)
+        parent = procfs.parent_of(pid)
         if parent != os.getpid():
             raise ValueError(f"pid {pid} is not PID 1's child (its parent is {parent})")
         if _uids_of(pid) != {self.uid}:
@@ -136,12 +137,6 @@ class Template:
             self.supervisor.remove_reader(self.channel.fileno())
             self.channel.close()
             self.channel = None
-
-
-def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        raw = handle.read()
-    return int(raw[raw.rfind(b")") + 2:].split()[1])
 
 
 def _uids_of(pid: int) -> set:
