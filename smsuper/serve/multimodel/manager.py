@@ -56,15 +56,10 @@ MEMORY_REFRESH = 2.0
 
 def _start_time(pid: int) -> Optional[str]:
     """Field 22 of /proc/PID/stat: tells a process from a later one with the same pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except OSError:
+    fields = procfs.stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] in ("Z", "X"):
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode()
+    return fields[19]
 
 
 class Model:
@@ -176,17 +171,26 @@ class Manager:
         log.info(f"unloading model {name}")
         model.state = UNLOADING
         self._stop_routing(model)
-        pid = model.child.pid if model.child is not None else None
+        pid = self._note_processes(model)
         if pid is None:
-            self._finish_unload(model)
             return
-        model.processes = [(p, s) for p in [pid, *procfs.descendants(pid, include_zombies=False)]
-                           for s in [_start_time(p)] if s is not None]
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         model.kill_timer = self.supervisor.call_later(self.unload_timeout, lambda: self._kill(model))
+
+    def _note_processes(self, model: Model) -> Optional[int]:
+        """The master's pid of a model being unloaded, its processes noted with their start times
+        (so that a pid the kernel gave to someone else is never signalled); None, the unload
+        finished, when it has no master."""
+        pid = model.child.pid if model.child is not None else None
+        if pid is None:
+            self._finish_unload(model)
+            return None
+        model.processes = [(p, s) for p in [pid, *procfs.descendants(pid, include_zombies=False)]
+                           for s in [_start_time(p)] if s is not None]
+        return pid
 
     def _cancel_load(self, model: Model, respond: Respond) -> None:
         """DELETE of a loading model: nothing was routed to it, so nothing drains; its processes
@@ -196,12 +200,9 @@ class Manager:
         self._answer(model, 500, {"error": f"model {model.name} was unloaded (DELETE) before its load finished"})
         model.waiters.append(respond)
         model.state = UNLOADING
-        pid = model.child.pid if model.child is not None else None
+        pid = self._note_processes(model)
         if pid is None:
-            self._finish_unload(model)
             return
-        model.processes = [(p, s) for p in [pid, *procfs.descendants(pid, include_zombies=False)]
-                           for s in [_start_time(p)] if s is not None]
         for victim, _ in model.processes:
             try:
                 os.kill(victim, signal.SIGKILL)
