@@ -44,7 +44,7 @@ _NOT_LEAN = frozenset((b"TRANSFER-ENCODING", b"EXPECT", b"UPGRADE"))
 # What a request target and a header name may hold on the lean path: printable ASCII without
 # space (a target), and letters, digits and "-" (a name), so that nothing in them reads
 # differently to gunicorn's urlsplit, token regex or upper().
-_NAME_BYTES = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NAME_CHARS = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class LeanRequest:
@@ -95,7 +95,6 @@ _KINDS = {"CONTENT-LENGTH": (_CONTENT_LENGTH, "CONTENT_LENGTH"), "CONTENT-TYPE":
           "HOST": (_HOST, "HTTP_HOST"), "CONNECTION": (_CONNECTION, "HTTP_CONNECTION")}
 _names_of_text: Dict[str, Tuple[str, str, int]] = {}
 _NAMES_KEPT = 256
-_NAME_CHARS = _NAME_BYTES.decode("ascii")
 _NO_NAME_CHARS = str.maketrans("", "", _NAME_CHARS)
 
 
@@ -108,12 +107,6 @@ def _name(raw: str) -> Optional[Tuple[str, str, int]]:
     if len(_names_of_text) < _NAMES_KEPT:
         _names_of_text[raw] = known
     return known
-
-
-def head_end(buf: bytes) -> int:
-    """Where the head ends (the index after its blank line), or -1 while it is incomplete."""
-    end = buf.find(b"\r\n\r\n")
-    return -1 if end < 0 else end + 4
 
 
 def parse_head(head: bytes, max_fields: int, max_field_size: int) -> Optional[LeanRequest]:
@@ -199,7 +192,7 @@ class Reader:
         when the head outgrew HEAD_LIMIT first or the connection closed in the middle of one, and
         the buffer is b"" when it closed between requests."""
         buf = self.buf
-        end = head_end(buf)
+        end = buf.find(b"\r\n\r\n")
         while end < 0:
             if len(buf) > HEAD_LIMIT:
                 return buf, -1
@@ -207,10 +200,8 @@ class Reader:
             if not data:
                 return buf, -1
             buf += data
-            end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
-            if end >= 0:
-                end += 4
-        return buf, end
+            end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))  # the new bytes, and 3 before
+        return buf, end + 4  # the index after the head's blank line
 
     def read_body(self, sock: socket.socket, buf: bytes, start: int, length: int) -> Optional[bytes]:
         """The body of `length` bytes from buf[start:] on, reading the rest; None when the
@@ -230,8 +221,6 @@ class Reader:
             start = 0
         self.buf = buf[end:]
         return buf[start:end]
-
-
 
 
 class Environ:
