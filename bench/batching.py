@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Dict, List
@@ -35,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import stacks  # noqa: E402
-from run import build_into, unpacked_context  # noqa: E402
+from run import standalone_workdir, unpacked_context  # noqa: E402
 
 CONNECTIONS = 64
 FEATURES = 20
@@ -157,13 +155,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help=f"of {', '.join(MODELS)}")
     args = parser.parse_args(argv)
     rounds, seconds = (1, 3.0) if args.quick else (3, 10.0)
-    workdir = Path(tempfile.mkdtemp(prefix="smsuper-bench-batch-"))
-    os.chmod(workdir, 0o755)
-    try:
-        pyz = workdir / "smsuper.pyz"
-        build_into(pyz)
-        os.chmod(pyz, 0o644)
-        shutil.copytree(stacks.APPS, workdir / "apps")
+    with standalone_workdir("smsuper-bench-batch-") as (workdir, pyz):
         ctx = unpacked_context(workdir, pyz, args.python)
         everything: Dict[str, Dict] = {}
         for model in args.models.split(","):
@@ -172,8 +164,6 @@ def main(argv: List[str]) -> int:
             out = harness.HERE / "results" / "batching.json"
             out.write_text(json.dumps(everything, indent=2) + "\n")
         return 0
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ machine whose CPUs other work took (the stack's CPUs plus wrk's well under the m
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,10 +46,11 @@ def children_cpu() -> float:
 
 
 def main(names) -> None:
-    work = Path(tempfile.mkdtemp(prefix="cpu-by-process-"))
-    work.chmod(0o755)  # smsuper's workload (nobody) reads the model under it
-    pyz = work / "smsuper.pyz"
-    run.build_into(pyz)
+    with run.standalone_workdir("cpu-by-process-") as (work, pyz):
+        measure(names, work, pyz)
+
+
+def measure(names, work: Path, pyz: Path) -> None:
     python = run.default_python()
     ctx = run.unpacked_context(work, pyz, python)
     ctx.bench_python = run.bench_venv(python)["python"]

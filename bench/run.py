@@ -24,8 +24,9 @@ import tempfile
 import time
 import traceback
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,6 +59,24 @@ def build_into(pyz: Path) -> None:
     say("building smsuper.pyz from this checkout ...")
     subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(pyz)], check=True,
                    stdout=subprocess.DEVNULL)
+
+
+@contextmanager
+def standalone_workdir(prefix: str) -> Iterator[Tuple[Path, Path]]:
+    """(workdir, pyz) of a figure module of its own (streaming.py, batching.py...): a fresh
+    directory with this checkout built into it and the stacks' apps beside it, every part
+    readable by the workloads (they may run as nobody); removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(workdir, 0o755)
+    try:
+        pyz = workdir / "smsuper.pyz"
+        build_into(pyz)
+        os.chmod(pyz, 0o644)
+        shutil.copytree(stacks.APPS, workdir / "apps")
+        os.chmod(workdir / "apps", 0o755)
+        yield workdir, pyz
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def build_id(pyz: Path) -> str:

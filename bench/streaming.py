@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -35,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import stacks  # noqa: E402
-from run import build_into, make_venv, unpacked_context  # noqa: E402
+from run import make_venv, standalone_workdir, unpacked_context  # noqa: E402
 
 CHUNKS = 20000
 TTFB_REQUESTS = 200
@@ -96,14 +93,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--python", default="/usr/bin/python3")
     args = parser.parse_args(argv)
     runs = 1 if args.quick else 5
-    workdir = Path(tempfile.mkdtemp(prefix="smsuper-bench-stream-"))
-    os.chmod(workdir, 0o755)
-    try:
-        pyz = workdir / "smsuper.pyz"
-        build_into(pyz)
-        os.chmod(pyz, 0o644)
-        shutil.copytree(stacks.APPS, workdir / "apps")
-        os.chmod(workdir / "apps", 0o755)
+    with standalone_workdir("smsuper-bench-stream-") as (workdir, pyz):
         python = make_venv(args.python, workdir / "venv")
         ctx = unpacked_context(workdir, pyz, python)
         results: Dict[str, Dict] = {}
@@ -137,8 +127,6 @@ def main(argv: List[str]) -> int:
             out = harness.HERE / "results" / "streaming.json"
             out.write_text(json.dumps(results, indent=2) + "\n")
         return 0
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
