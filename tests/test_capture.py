@@ -21,38 +21,31 @@ def children_of_this_process() -> set:
     return {pid for pid, (parent, _state) in procfs.process_table().items() if parent == os.getpid()}
 
 
-def left_by(call) -> set:
-    """The children `call()` left behind. The test process may hold others already: a server
-    an earlier test in the same session stopped but whose exit nobody has collected yet."""
-    before = children_of_this_process()
-    call()
-    return children_of_this_process() - before
-
-
 def test_a_helper_s_output_and_errors_come_back_together():
-    outputs = []
-    assert left_by(lambda: outputs.append(capture.output([SH, "-c", "echo on-stdout; echo on-stderr >&2"],
-                                                         timeout=60))) == set()
-    out = outputs[0]
+    # Only the children this call leaves count: an earlier test in the same session may have
+    # stopped a server whose exit nobody has collected yet.
+    before = children_of_this_process()
+    out = capture.output([SH, "-c", "echo on-stdout; echo on-stderr >&2"], timeout=60)
     assert out is not None
     assert b"on-stdout" in out and b"on-stderr" in out
+    assert children_of_this_process() - before == set()
 
 
 def test_a_helper_that_cannot_run_gives_none(tmp_path):
+    before = children_of_this_process()
+    assert capture.output([str(tmp_path / "missing")], timeout=60) is None
     script = tmp_path / "not-executable"
     script.write_text("#!/bin/sh\necho hi\n")
-    outputs = []
-    assert left_by(lambda: outputs.extend([capture.output([str(tmp_path / "missing")], timeout=60),
-                                           capture.output([str(script)], timeout=60)])) == set()
-    assert outputs == [None, None]
+    assert capture.output([str(script)], timeout=60) is None
+    assert children_of_this_process() - before == set()
 
 
 def test_a_helper_that_does_not_finish_in_time_is_killed_and_reaped():
     # It closes its output at once (the read ends) and then never exits: the wait is bounded too.
+    before = children_of_this_process()
     for command in ("exec sleep 300", "exec >/dev/null 2>&1; exec sleep 300"):
-        outputs = []
-        assert left_by(lambda: outputs.append(capture.output([SH, "-c", command], timeout=0.5))) == set()
-        assert outputs == [None]
+        assert capture.output([SH, "-c", command], timeout=0.5) is None
+        assert children_of_this_process() - before == set()
 
 
 def test_a_helper_does_not_inherit_ignored_signals():
